@@ -1,0 +1,582 @@
+"""The benchmark run: phantoms (or a dataset) in, run directory with scores and report out.
+
+``run(config)`` resolves the config, then for every case: builds the phantom, renders
+its microscopy volume and extracts structure-tensor orientations and the microscopy FOD
+on the dMRI grid, simulates the dMRI signal, fits every model (failures isolated and
+recorded), scores every orientation source against the geometric truth voxel by voxel,
+optionally tracks and scores tractograms; then aggregates, writes the run directory
+(design.md) and builds the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from validation import __version__
+from validation.config import dumps_config, resolve_config
+from validation.errors import UserError
+from validation.progress import Progress
+from validation.rundir import SCHEMA_VERSION, RunDirectory, to_jsonable
+
+log = logging.getLogger("xscale")
+
+#: Per-voxel orientation metrics scored for every source (models and microscopy).
+VOXEL_METRICS = [
+    "peak_angular_error_deg",
+    "peak_precision",
+    "peak_recall",
+    "peak_f1",
+    "nufo_correct",
+    "acc",
+    "jsd",
+    "dispersion_error",
+]
+
+MICROSCOPY_LABEL = "microscopy"
+
+
+@dataclass
+class RunResult:
+    """The tables of a finished run (``validation.run`` / ``validation.load_run``)."""
+
+    path: Path
+    scores: pd.DataFrame
+    cases: pd.DataFrame
+    voxels: pd.DataFrame
+    tractography: pd.DataFrame
+    failures: list[dict[str, Any]]
+    config: dict[str, Any]
+    provenance: dict[str, Any]
+    tasks: dict[str, Any] = field(default_factory=dict)
+
+    def score(self, model: str, metric: str, statistic: str = "median", *, case: str = "all",
+              region: str = "all") -> float:
+        """One value of scores.csv (NaN when absent)."""
+        s = self.scores
+        rows = s[(s.model == model) & (s.metric == metric) & (s.statistic == statistic)
+                 & (s.case == case) & (s.region == region)]
+        return float(rows.value.iloc[0]) if len(rows) else float("nan")
+
+
+def derive_seed(run_seed: int, *keys: str) -> int:
+    """A seed for one (case, model, ...) that depends on nothing else.
+
+    Changing one model's configuration never changes another model's random numbers.
+    """
+    entropy = [int(run_seed) & 0xFFFFFFFF] + [zlib.crc32(k.encode()) for k in keys]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint32)[0])
+
+
+# --------------------------------------------------------------------------------------
+# provenance
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def code_hash() -> str:
+    """SHA-256 of XScale's own Python sources (stale results are not compared)."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent
+    for package in ("phantoms", "metrics", "validation", "reports"):
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "xscale": __version__}
+    for dist in ("numpy", "scipy", "dipy", "nibabel", "pandas", "dask", "zarr", "numba",
+                 "scikit-image", "matplotlib"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _machine() -> dict[str, Any]:
+    import os
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        info["memory_gib"] = round(pages / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    return info
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, key: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[key] = round(self.timings.get(key, 0.0) + time.perf_counter() - start, 3)
+
+
+# --------------------------------------------------------------------------------------
+# scoring
+
+
+def score_source(
+    truth: Any,
+    peaks: np.ndarray,
+    sh: np.ndarray | None,
+    *,
+    threshold_deg: float,
+    sphere: Any,
+) -> dict[str, np.ndarray]:
+    """Per-voxel metrics of one orientation source against the truth, in truth.mask voxels.
+
+    Returns a dict of 1-D arrays (one value per voxel of ``truth.mask``, in C order).
+    """
+    import metrics
+
+    mask = np.asarray(truth.mask, bool)
+    ref = np.asarray(truth.peaks)[mask]
+    est = np.asarray(peaks, dtype=np.float64)[mask]
+    out = dict(metrics.peak_voxel_metrics(ref, est, threshold_deg=threshold_deg))
+    n = int(mask.sum())
+    if sh is None:
+        for name in ("acc", "jsd", "dispersion_error"):
+            out[name] = np.full(n, np.nan)
+        return out
+    sh_true = np.asarray(truth.fod_sh)[mask]
+    sh_est = np.asarray(sh, dtype=np.float64)[mask]
+    out["acc"] = np.asarray(metrics.acc(sh_true, sh_est), dtype=np.float64)
+    basis = _sh_basis_on(sphere, sh_true.shape[-1])
+    out["jsd"] = np.asarray(metrics.jsd(sh_true @ basis.T, sh_est @ basis.T, sphere))
+    out["dispersion_error"] = np.asarray(metrics.dispersion_error(sh_true, sh_est))
+    return out
+
+
+def _sh_basis_on(sphere: Any, n_coeffs: int) -> np.ndarray:
+    from dipy.reconst.shm import calculate_max_order, real_sh_descoteaux
+
+    order = calculate_max_order(n_coeffs)
+    basis, _, _ = real_sh_descoteaux(order, sphere.theta, sphere.phi, legacy=False)
+    return basis
+
+
+# --------------------------------------------------------------------------------------
+# the run
+
+
+def _microscopy_orientation(phantom: Any, cfg: dict[str, Any], seed: int, jobs: int,
+                            timer: _Timer, case_id: str) -> tuple[Any, dict[str, Any]]:
+    """Render the phantom's microscopy, extract ST orientations, project to the dMRI grid."""
+    from validation.fod import microscopy_fod
+    from validation.orientation import structure_tensor_orientation
+
+    ocfg = cfg["orientation"]
+    kwargs = {}
+    if ocfg["voxel_size_um"] is not None:
+        kwargs["voxel_size_um"] = tuple(ocfg["voxel_size_um"])
+    with timer(f"{case_id}/render_microscopy"):
+        micro = phantom.render_microscopy(rng=seed, **kwargs)
+        volume = np.asarray(micro.volume.compute(num_workers=jobs) if hasattr(
+            micro.volume, "compute") else micro.volume, dtype=np.float32)
+        tissue = np.asarray(micro.mask.compute() if hasattr(micro.mask, "compute")
+                            else micro.mask, dtype=bool)
+    spacing = tuple(float(s) for s in micro.spacing_um)
+    sigma_um = ocfg["sigma_um"] if ocfg["sigma_um"] is not None else 1.5 * min(spacing)
+    rho_um = ocfg["rho_um"] if ocfg["rho_um"] is not None else 4.0 * min(spacing)
+    with timer(f"{case_id}/structure_tensor"):
+        st = structure_tensor_orientation(
+            volume, sigma=sigma_um, rho=rho_um, spacing=spacing, truncate=ocfg["truncate"]
+        )
+    grid = phantom.grid
+    with timer(f"{case_id}/microscopy_fod"):
+        fod = microscopy_fod(
+            st.vectors,
+            st.anisotropy,
+            microscopy_affine=np.asarray(micro.affine),
+            grid_shape=tuple(grid.shape),
+            grid_affine=np.asarray(grid.affine),
+            sh_order_max=cfg["fod"]["sh_order_max"],
+            mask=tissue,
+        )
+    info = {"voxel_size_um": list(spacing), "sigma_um": sigma_um, "rho_um": rho_um,
+            "shape": list(volume.shape)}
+    return fod, info
+
+
+def _write_derivatives(rd: RunDirectory, case_id: str, label: str, grid: Any,
+                       peaks: np.ndarray, sh: np.ndarray | None, sh_order_max: int) -> None:
+    import nibabel as nib
+
+    base = f"derivatives/sub-{case_id}/dwi/sub-{case_id}_model-{label}"
+    affine = np.asarray(grid.affine, dtype=np.float64)
+    shape = tuple(peaks.shape[:3])
+    encoding_common = {"Reference": "ijk", "Frame": "voxel"}
+    if sh is not None:
+        img = nib.Nifti1Image(np.asarray(sh, dtype=np.float32), affine)
+        nib.save(img, rd.file(f"{base}_param-fod_dwimap.nii.gz"))
+        rd.write_json(f"{base}_param-fod_dwimap.json", {
+            "Model": label,
+            "OrientationEncoding": {"Type": "sh", "SphericalHarmonicsBasis": "descoteaux07",
+                                    "Legacy": False, "SphericalHarmonicsDegree": sh_order_max,
+                                    **encoding_common},
+        })
+    flat = np.asarray(peaks, dtype=np.float32).reshape(shape + (-1,))
+    nib.save(nib.Nifti1Image(flat, affine), rd.file(f"{base}_param-peaks_dwimap.nii.gz"))
+    rd.write_json(f"{base}_param-peaks_dwimap.json", {
+        "Model": label,
+        "OrientationEncoding": {"Type": "unit3vector", "EncodingAxis": 3, **encoding_common},
+    })
+
+
+def _report_data(truth: Any, sources: dict[str, tuple[np.ndarray, np.ndarray | None]],
+                 case_id: str, rd: RunDirectory) -> None:
+    """Small arrays for the report: glyph ODFs in chosen voxels and DEC slices."""
+    from dipy.data import get_sphere
+
+    sphere = get_sphere(name="repulsion100")
+    mask = np.asarray(truth.mask, bool)
+    nufo = np.asarray(truth.nufo)
+    centre = np.array(mask.shape) / 2.0
+    coords = np.argwhere(mask)
+    chosen: list[np.ndarray] = []
+    for want in (2, 1, 3):
+        cand = coords[nufo[tuple(coords.T)] == want]
+        if len(cand):
+            order = np.argsort(np.linalg.norm(cand - centre, axis=1), kind="stable")
+            chosen.extend(cand[order[:2]])
+    voxels = np.array(chosen[:4], dtype=np.int64).reshape(-1, 3)
+    n_coeffs = np.asarray(truth.fod_sh).shape[-1]
+    basis = _sh_basis_on(sphere, n_coeffs)
+    arrays: dict[str, np.ndarray] = {
+        "sphere_vertices": sphere.vertices,
+        "sphere_faces": sphere.faces,
+        "voxels": voxels,
+        "odf_truth": np.asarray(truth.fod_sh)[tuple(voxels.T)] @ basis.T,
+    }
+    for label, (_, sh) in sources.items():
+        if sh is not None:
+            arrays[f"odf_{label}"] = np.asarray(sh)[tuple(voxels.T)] @ basis.T
+    np.savez_compressed(rd.file(f"report_data/glyphs_{case_id}.npz"), **arrays)
+
+    axis = 2
+    index = int(mask.shape[axis] // 2)
+    dec: dict[str, Any] = {"slice_axis": axis, "slice_index": index}
+
+    def _dec(peaks: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        first = np.abs(np.take(np.asarray(peaks)[..., 0, :], index, axis=axis))
+        if weights is not None:
+            first = first * np.clip(np.take(weights, index, axis=axis), 0, 1)[..., None]
+        return np.clip(first, 0.0, 1.0).astype(np.float32)
+
+    dec["dec_truth"] = _dec(truth.peaks)
+    for label, (peaks, _) in sources.items():
+        dec[f"dec_{label}"] = _dec(peaks)
+    np.savez_compressed(rd.file(f"report_data/dec_{case_id}.npz"), **dec)
+
+
+def _load_cases(cfg: dict[str, Any]) -> list[Any]:
+    import phantoms
+
+    if cfg["data"]["manifest"] is not None:
+        raise UserError(
+            f"{cfg['data']['manifest']}: runs on dataset manifests are not supported in this "
+            "version; use a built-in suite ([data] suite = ...)"
+        )
+    return list(phantoms.get_suite(cfg["data"]["suite"]))
+
+
+def run(
+    config: dict[str, Any] | str | Path | None = None,
+    *,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    jobs: int = 1,
+    progress: bool = False,
+    cache_dir: str | Path | None = None,
+    build_report: bool = True,
+) -> RunResult:
+    """Run a benchmark and write its run directory.
+
+    Parameters
+    ----------
+    config : dict, path or None
+        Run config (design.md); None runs the built-in default benchmark.
+    output : path, optional
+        Run directory; default ``./xscale-runs/<run name>``.
+    overwrite : bool
+        Replace an existing run at ``output`` (only once the new run is complete).
+    jobs : int
+        Processes/threads for model fitting and chunked computation.
+    progress : bool
+        Show progress bars on stderr.
+    cache_dir : path, optional
+        Content-hash cache of model fits and microscopy FODs.
+
+    Returns
+    -------
+    RunResult
+    """
+    import metrics
+    import phantoms  # noqa: F401  (fail early when a dependency is missing)
+    from dipy.data import get_sphere
+
+    from validation.models import ModelFailure, ModelSpec, fit_case
+
+    cfg = resolve_config(config)
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs}: must be at least 1")
+    final = Path(output) if output is not None else Path("xscale-runs") / cfg["run"]["name"]
+    specs = _load_cases(cfg)
+    timer = _Timer()
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    run_seed = int(cfg["run"]["seed"])
+    threshold = float(cfg["metrics"]["threshold_deg"])
+    sh_order_max = int(cfg["fod"]["sh_order_max"])
+    sphere = get_sphere(name="repulsion724")
+    model_specs = [
+        ModelSpec(name=m["name"], label=m["label"], display_name=m["display_name"],
+                  params=dict(m["params"]), timeout_s=float(m["timeout_s"]))
+        for m in cfg["models"]
+    ]
+
+    with RunDirectory(final, overwrite=overwrite) as rd:
+        log.info("xscale %s: run '%s', %d cases x %d models", __version__, cfg["run"]["name"],
+                 len(specs), len(model_specs))
+        rd.write_text("config.toml", dumps_config(cfg))
+        voxel_tables: list[pd.DataFrame] = []
+        tract_rows: list[dict[str, Any]] = []
+        failures: list[dict[str, Any]] = []
+        seeds: dict[str, int] = {}
+        micro_info: dict[str, Any] = {}
+        model_meta: dict[str, dict[str, Any]] = {
+            m.label: {"label": m.label, "name": m.name, "display_name": m.display_name,
+                      "params": m.params, "timeout_s": m.timeout_s}
+            for m in model_specs
+        }
+        bar = Progress(total=len(specs) * (3 + len(model_specs)), enabled=progress,
+                       desc="xscale run")
+        for spec in specs:
+            case_id = spec.case_id
+            case_seed = derive_seed(run_seed, case_id, "phantom")
+            seeds[f"{case_id}/phantom"] = case_seed
+            bar.set_description(f"{case_id}: phantom")
+            with timer(f"{case_id}/phantom"):
+                phantom = phantoms.build_phantom(spec, rng=case_seed)
+                truth = phantom.truth()
+                noise_seed = derive_seed(run_seed, case_id, "dmri")
+                seeds[f"{case_id}/dmri"] = noise_seed
+                signal = phantom.simulate_dmri(rng=noise_seed)
+            bar.update()
+
+            sources: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+            bar.set_description(f"{case_id}: microscopy")
+            micro_seed = derive_seed(run_seed, case_id, "microscopy")
+            seeds[f"{case_id}/microscopy"] = micro_seed
+            fod, info = _microscopy_orientation(phantom, cfg, micro_seed, jobs, timer, case_id)
+            micro_info[case_id] = info
+            sources[MICROSCOPY_LABEL] = (np.asarray(fod.peaks), np.asarray(fod.sh))
+            bar.update()
+
+            fit_mask = np.asarray(truth.mask, bool)
+            for mspec in model_specs:
+                bar.set_description(f"{case_id}: {mspec.label}")
+                model_seed = derive_seed(run_seed, case_id, mspec.label)
+                seeds[f"{case_id}/{mspec.label}"] = model_seed
+                try:
+                    with timer(f"{case_id}/model-{mspec.label}"):
+                        out = fit_case(
+                            mspec, signal.data, signal.bvals, signal.bvecs, fit_mask,
+                            truth=truth, sh_order_max=sh_order_max, jobs=jobs,
+                            cache_dir=Path(cache_dir) if cache_dir else None, seed=model_seed,
+                        )
+                except ModelFailure as exc:
+                    log.warning("model %s failed on %s (%s): %s", mspec.label, case_id,
+                                exc.stage, exc.reason)
+                    failures.append({"case": case_id, "model": mspec.label,
+                                     "stage": exc.stage, "reason": exc.reason})
+                    bar.update()
+                    continue
+                model_meta[mspec.label]["capabilities"] = to_jsonable(
+                    getattr(out.capabilities, "__dict__", {}) or {})
+                model_meta[mspec.label]["peak_params"] = to_jsonable(out.peak_params)
+                sources[mspec.label] = (np.asarray(out.peaks), out.sh)
+                bar.update()
+
+            bar.set_description(f"{case_id}: scoring")
+            with timer(f"{case_id}/scoring"):
+                mask = np.asarray(truth.mask, bool)
+                ijk = np.argwhere(mask)
+                nufo = np.asarray(truth.nufo)[mask]
+                region = np.where(nufo >= 2, "crossing", "single")
+                for label, (peaks, sh) in sources.items():
+                    values = score_source(truth, peaks, sh, threshold_deg=threshold,
+                                          sphere=sphere)
+                    table = pd.DataFrame({
+                        "case": case_id, "model": label,
+                        "i": ijk[:, 0], "j": ijk[:, 1], "k": ijk[:, 2],
+                        "region": region, "nufo_true": nufo,
+                    })
+                    for name in VOXEL_METRICS:
+                        table[name] = values[name]
+                    voxel_tables.append(table)
+                    _write_derivatives(rd, case_id, label, phantom.grid, peaks, sh, sh_order_max)
+                _report_data(truth, sources, case_id, rd)
+                tract_rows.extend(_tractography(cfg, case_id, phantom, truth, sources, signal,
+                                                run_seed, failures, timer, rd))
+            bar.update()
+        bar.close()
+
+        voxels = pd.concat(voxel_tables, ignore_index=True) if voxel_tables else pd.DataFrame(
+            columns=["case", "model", "i", "j", "k", "region", "nufo_true", *VOXEL_METRICS])
+        with timer("aggregate"):
+            scores = metrics.score_table(
+                voxels, metrics=VOXEL_METRICS, n_boot=int(cfg["metrics"]["n_boot"]),
+                seed=run_seed,
+            )
+        tractography = pd.DataFrame(tract_rows)
+        cases = pd.DataFrame([{"case": s.case_id, **s.conditions()} for s in specs])
+
+        tasks = {name: metrics.TASKS[name] for name in VOXEL_METRICS if name in metrics.TASKS}
+        if len(tractography):
+            for name in ("vs", "is", "ic", "nc", "vb", "ib", "ol", "or_gt", "or_vs", "f1"):
+                if name in metrics.TASKS:
+                    tasks[name] = metrics.TASKS[name]
+        rd.write_csv("scores.csv", scores)
+        rd.write_csv("cases.csv", cases)
+        rd.write_csv("voxels.csv.gz", voxels)
+        rd.write_csv("tractography.csv", tractography)
+        rd.write_json("tasks.json", tasks)
+        rd.write_json("failures.json", failures)
+        models_json = [model_meta[m.label] for m in model_specs]
+        models_json.append({"label": MICROSCOPY_LABEL, "name": "structure-tensor",
+                            "display_name": "Microscopy (structure tensor)",
+                            "params": micro_info, "reference": True})
+        rd.write_json("models.json", models_json)
+        provenance = {
+            "schema_version": SCHEMA_VERSION,
+            "xscale_version": __version__,
+            "code_hash": code_hash(),
+            "git_commit": _git_commit(),
+            "versions": _versions(),
+            "machine": _machine(),
+            "command": " ".join(sys.argv),
+            "seeds": {"run": run_seed, **seeds},
+            "input_hashes": {"suite": hashlib.sha256(json.dumps(
+                [s.to_dict() for s in specs], sort_keys=True, default=str).encode()).hexdigest()},
+            "jobs": jobs,
+            "started": started,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "timings_s": timer.timings,
+        }
+        rd.write_json("provenance.json", provenance)
+        if build_report:
+            import reports
+
+            with timer("report"):
+                reports.build_report(rd.path)
+        log.info("run written in %.1f s", sum(v for k, v in timer.timings.items()))
+    return load_run(final)
+
+
+def _tractography(cfg: dict[str, Any], case_id: str, phantom: Any, truth: Any,
+                  sources: dict[str, tuple[np.ndarray, np.ndarray | None]], signal: Any,
+                  run_seed: int, failures: list[dict[str, Any]], timer: _Timer,
+                  rd: RunDirectory) -> list[dict[str, Any]]:
+    """Track with the configured models on this case and score against the truth bundles."""
+    tcfg = cfg["tracking"]
+    bundles = list(getattr(truth, "bundles", []) or [])
+    if not tcfg["enabled"] or not bundles:
+        return []
+    try:
+        from validation.tracking import track_and_score
+    except ImportError:
+        return []
+    rows: list[dict[str, Any]] = []
+    for label in tcfg["models"]:
+        if label not in sources:
+            continue
+        peaks, sh = sources[label]
+        with timer(f"{case_id}/tracking-{label}"):
+            rows.extend(track_and_score(
+                case_id=case_id, label=label, peaks=peaks, sh=sh, truth=truth,
+                grid=phantom.grid, config=tcfg, seed=derive_seed(run_seed, case_id, "track",
+                                                                  label),
+                out_dir=rd.file(f"derivatives/sub-{case_id}/dwi").parent / "dwi",
+            ))
+    return rows
+
+
+def load_run(path: str | Path) -> RunResult:
+    """Read a finished run directory into DataFrames."""
+    path = Path(path)
+    prov_file = path / "provenance.json"
+    if not prov_file.is_file():
+        raise UserError(f"{path}: not a finished XScale run (no provenance.json)")
+    provenance = json.loads(prov_file.read_text())
+    if provenance.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(
+            f"{path}: run has schema version {provenance.get('schema_version')}, this XScale "
+            f"reads version {SCHEMA_VERSION}"
+        )
+    import tomllib
+
+    def _csv(name: str) -> pd.DataFrame:
+        f = path / name
+        if not f.is_file() or f.stat().st_size == 0:
+            return pd.DataFrame()
+        try:
+            return pd.read_csv(f)
+        except pd.errors.EmptyDataError:
+            return pd.DataFrame()
+
+    return RunResult(
+        path=path,
+        scores=_csv("scores.csv"),
+        cases=_csv("cases.csv"),
+        voxels=_csv("voxels.csv.gz"),
+        tractography=_csv("tractography.csv"),
+        failures=json.loads((path / "failures.json").read_text())
+        if (path / "failures.json").is_file() else [],
+        config=tomllib.loads((path / "config.toml").read_text())
+        if (path / "config.toml").is_file() else {},
+        provenance=provenance,
+        tasks=json.loads((path / "tasks.json").read_text())
+        if (path / "tasks.json").is_file() else {},
+    )
