@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, str] = {
     "check-model": "check_model",
     "report": "report",
     "diff": "diff",
+    "import-neuroglancer": "import_neuroglancer",
 }
 
 

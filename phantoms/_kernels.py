@@ -1,0 +1,300 @@
+"""Compiled inner loops (numba): disc packing, tube rasterisation, per-voxel signal sums.
+
+Each kernel is deterministic: it draws no randomness except from the integer seed it is
+given, and it visits segments in the order given, so a result never depends on threads or
+on how a volume is cut into chunks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def pack_discs(radii, region_radius, seed, max_tries, gap):  # pragma: no cover - compiled
+    """Random sequential addition of discs (largest first) inside a disc of ``region_radius``.
+
+    Returns centres (n, 2) and a bool array of which discs were placed.
+    """
+    np.random.seed(seed)  # noqa: NPY002 - numba-compiled: its own generator, seeded here
+    n = radii.shape[0]
+    centres = np.zeros((n, 2))
+    placed = np.zeros(n, dtype=np.bool_)
+    if n == 0:
+        return centres, placed
+    rmax = radii.max()
+    cell = 2.0 * rmax + gap
+    ncell = int(math.ceil(2.0 * region_radius / cell)) + 1
+    # cell lists as linked lists: head per cell, next per disc
+    head = -np.ones((ncell, ncell), dtype=np.int64)
+    nxt = -np.ones(n, dtype=np.int64)
+    for i in range(n):
+        r = radii[i]
+        lim = region_radius - r
+        if lim <= 0:
+            continue
+        for _ in range(max_tries):
+            # uniform point in the disc of radius lim
+            rr = lim * math.sqrt(np.random.random())  # noqa: NPY002
+            ph = 2.0 * math.pi * np.random.random()  # noqa: NPY002
+            x = rr * math.cos(ph)
+            y = rr * math.sin(ph)
+            cx = int((x + region_radius) / cell)
+            cy = int((y + region_radius) / cell)
+            ok = True
+            for ax in range(max(cx - 1, 0), min(cx + 2, ncell)):
+                if not ok:
+                    break
+                for ay in range(max(cy - 1, 0), min(cy + 2, ncell)):
+                    j = head[ax, ay]
+                    while j >= 0:
+                        dx = centres[j, 0] - x
+                        dy = centres[j, 1] - y
+                        lim2 = r + radii[j] + gap
+                        if dx * dx + dy * dy < lim2 * lim2:
+                            ok = False
+                            break
+                        j = nxt[j]
+                    if not ok:
+                        break
+            if ok:
+                centres[i, 0] = x
+                centres[i, 1] = y
+                placed[i] = True
+                nxt[i] = head[cx, cy]
+                head[cx, cy] = i
+                break
+    return centres, placed
+
+
+@njit(cache=True, nogil=True)
+def _occupancy(rho, d, h):  # pragma: no cover - compiled
+    """Anti-aliased fraction of a voxel of size ``h`` covered by a tube of radius ``rho`` at
+    distance ``d``: a linear ramp of width ``h`` about radius ``max(rho, h/2)``, scaled so
+    that its cross-section integral is exactly ``pi rho^2`` (a sub-voxel tube is drawn
+    about a voxel wide with its area kept)."""
+    if rho <= 0.0:
+        return 0.0
+    re = max(rho, 0.5 * h)
+    v = (re - d) / h + 0.5
+    if v <= 0.0:
+        return 0.0
+    if v > 1.0:
+        v = 1.0
+    return v * (rho * rho) / (re * re + h * h / 12.0)
+
+
+@njit(cache=True, nogil=True)
+def rasterise_tubes(
+    origin, shape, spacing, p0, p1, radius, inner_ratio, tube_id, seg_index
+):  # pragma: no cover - compiled
+    """Occupancy of tubes on a block of voxels.
+
+    ``origin``: physical position (um) of the block's voxel (0, 0, 0) centre; ``shape``
+    block shape; ``spacing`` (3,) um. Segments ``seg_index`` (ascending, grouped by tube)
+    of ``p0``/``p1`` (n, 3) um with per-segment ``radius``, ``inner_ratio`` (g-ratio or
+    lumen ratio) and ``tube_id``. Returns (outer, inner) float32 occupancies, each the sum
+    over tubes of that tube's maximum over its segments (so joints are not counted twice).
+    """
+    nx, ny, nz = shape[0], shape[1], shape[2]
+    outer = np.zeros((nx, ny, nz), dtype=np.float32)
+    inner = np.zeros((nx, ny, nz), dtype=np.float32)
+    cur_o = np.zeros((nx, ny, nz), dtype=np.float32)
+    cur_i = np.zeros((nx, ny, nz), dtype=np.float32)
+    last = -np.ones((nx, ny, nz), dtype=np.int64)
+    h = (spacing[0] + spacing[1] + spacing[2]) / 3.0
+    for q in range(seg_index.shape[0]):
+        s = seg_index[q]
+        r = radius[s]
+        ri = r * inner_ratio[s]
+        tid = tube_id[s]
+        ax0 = p0[s, 0]
+        ay0 = p0[s, 1]
+        az0 = p0[s, 2]
+        dx = p1[s, 0] - ax0
+        dy = p1[s, 1] - ay0
+        dz = p1[s, 2] - az0
+        L2 = dx * dx + dy * dy + dz * dz
+        reach = max(r, 0.5 * h) + 0.5 * h  # support of the occupancy ramp
+        # bounding box of the capsule, in block voxel indices
+        lo0 = int(math.floor((min(ax0, ax0 + dx) - reach - origin[0]) / spacing[0])) + 1
+        hi0 = int(math.floor((max(ax0, ax0 + dx) + reach - origin[0]) / spacing[0]))
+        lo1 = int(math.floor((min(ay0, ay0 + dy) - reach - origin[1]) / spacing[1])) + 1
+        hi1 = int(math.floor((max(ay0, ay0 + dy) + reach - origin[1]) / spacing[1]))
+        lo2 = int(math.floor((min(az0, az0 + dz) - reach - origin[2]) / spacing[2])) + 1
+        hi2 = int(math.floor((max(az0, az0 + dz) + reach - origin[2]) / spacing[2]))
+        if hi0 < 0 or hi1 < 0 or hi2 < 0 or lo0 >= nx or lo1 >= ny or lo2 >= nz:
+            continue
+        lo0 = max(lo0, 0)
+        lo1 = max(lo1, 0)
+        lo2 = max(lo2, 0)
+        hi0 = min(hi0, nx - 1)
+        hi1 = min(hi1, ny - 1)
+        hi2 = min(hi2, nz - 1)
+        if L2 > 0.0:
+            L = math.sqrt(L2)
+            ux, uy, uz = dx / L, dy / L, dz / L
+        else:
+            ux, uy, uz = 0.0, 0.0, 1.0
+        sz = spacing[2]
+        qa = (1.0 - uz * uz) * sz * sz
+        reach2 = reach * reach
+        for i in range(lo0, hi0 + 1):
+            x = origin[0] + i * spacing[0]
+            for j in range(lo1, hi1 + 1):
+                y = origin[1] + j * spacing[1]
+                # squared distance to the infinite line along the row is quadratic in k:
+                # only visit the k interval where it is below reach^2
+                awx = x - ax0
+                awy = y - ay0
+                awz = origin[2] - az0
+                au = awx * ux + awy * uy + awz * uz
+                qb = 2.0 * sz * (awz - au * uz)
+                qc = awx * awx + awy * awy + awz * awz - au * au - reach2
+                k0 = lo2
+                k1 = hi2
+                if qa > 1e-12 * sz * sz:
+                    disc = qb * qb - 4.0 * qa * qc
+                    if disc < 0.0:
+                        continue
+                    sq = math.sqrt(disc)
+                    k0 = max(k0, int(math.ceil((-qb - sq) / (2.0 * qa))))
+                    k1 = min(k1, int(math.floor((-qb + sq) / (2.0 * qa))))
+                elif qc > 0.0:
+                    continue
+                for k in range(k0, k1 + 1):
+                    z = origin[2] + k * sz
+                    wx = awx
+                    wy = awy
+                    wz = z - az0
+                    if L2 > 0.0:
+                        t = (wx * dx + wy * dy + wz * dz) / L2
+                        if t < 0.0:
+                            t = 0.0
+                        elif t > 1.0:
+                            t = 1.0
+                    else:
+                        t = 0.0
+                    ex = wx - t * dx
+                    ey = wy - t * dy
+                    ez = wz - t * dz
+                    d2 = ex * ex + ey * ey + ez * ez
+                    if d2 >= reach2:
+                        continue
+                    d = math.sqrt(d2)
+                    vo = _occupancy(r, d, h)
+                    vi = _occupancy(ri, d, h)
+                    if vo <= 0.0 and vi <= 0.0:
+                        continue
+                    if last[i, j, k] == tid:
+                        if vo > cur_o[i, j, k]:
+                            outer[i, j, k] += vo - cur_o[i, j, k]
+                            cur_o[i, j, k] = vo
+                        if vi > cur_i[i, j, k]:
+                            inner[i, j, k] += vi - cur_i[i, j, k]
+                            cur_i[i, j, k] = vi
+                    else:
+                        last[i, j, k] = tid
+                        cur_o[i, j, k] = vo
+                        cur_i[i, j, k] = vi
+                        outer[i, j, k] += vo
+                        inner[i, j, k] += vi
+    return outer, inner
+
+
+@njit(cache=True, nogil=True)
+def _splitmix(z):  # pragma: no cover - compiled
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (float(z >> np.uint64(11)) + 0.5) / 9007199254740992.0
+
+
+@njit(cache=True, nogil=True)
+def hashed_normal(origin, shape, full_shape, seed):  # pragma: no cover - compiled
+    """Standard normal noise from a counter-based hash of (seed, global voxel index), so a
+    voxel's noise does not depend on the chunk it is computed in."""
+    out = np.empty((shape[0], shape[1], shape[2]), dtype=np.float32)
+    key = np.uint64(seed) * np.uint64(0xD1B54A32D192ED03)
+    for i in range(shape[0]):
+        for j in range(shape[1]):
+            base = ((origin[0] + i) * full_shape[1] + (origin[1] + j)) * full_shape[2] + origin[2]
+            for k in range(shape[2]):
+                lin = np.uint64(base + k) * np.uint64(2)
+                u0 = _splitmix(lin ^ key)
+                u1 = _splitmix((lin + np.uint64(1)) ^ key)
+                out[i, j, k] = math.sqrt(-2.0 * math.log(u0)) * math.cos(2.0 * math.pi * u1)
+    return out
+
+
+@njit(cache=True)
+def accumulate_voxels(
+    p0, p1, radius, g_ratio, bundle, shape, voxel_um, n_bundles, bvals, bvecs, d_intra, powers
+):  # pragma: no cover - compiled
+    """Per dMRI voxel and bundle: fibre volume (um^3), intra-axonal volume, the volume-
+    weighted scatter matrix of segment directions, and the intra-axonal stick signal
+    (sum over segments of intra volume * exp(-b d_intra (g.u)^2)), unnormalised, and the
+    volume-weighted moments sum(v x^a y^b z^c) for the exponent rows of ``powers``.
+
+    A segment belongs to the voxel of its midpoint.
+    """
+    nx, ny, nz = shape[0], shape[1], shape[2]
+    nv = nx * ny * nz
+    ng = bvals.shape[0]
+    fib = np.zeros((nv, n_bundles))
+    intra = np.zeros(nv)
+    scatter = np.zeros((nv, n_bundles, 3, 3))
+    stick = np.zeros((nv, ng))
+    npow = powers.shape[0]
+    deg = powers.max()
+    moments = np.zeros((nv, npow))
+    px = np.empty(deg + 1)
+    py = np.empty(deg + 1)
+    pz = np.empty(deg + 1)
+    vox = -np.ones(p0.shape[0], dtype=np.int64)
+    for s in range(p0.shape[0]):
+        mx = 0.5 * (p0[s, 0] + p1[s, 0])
+        my = 0.5 * (p0[s, 1] + p1[s, 1])
+        mz = 0.5 * (p0[s, 2] + p1[s, 2])
+        i = int(math.floor(mx / voxel_um[0]))
+        j = int(math.floor(my / voxel_um[1]))
+        k = int(math.floor(mz / voxel_um[2]))
+        if i < 0 or j < 0 or k < 0 or i >= nx or j >= ny or k >= nz:
+            continue
+        v = (i * ny + j) * nz + k
+        dx = p1[s, 0] - p0[s, 0]
+        dy = p1[s, 1] - p0[s, 1]
+        dz = p1[s, 2] - p0[s, 2]
+        L = math.sqrt(dx * dx + dy * dy + dz * dz)
+        if L == 0.0:
+            continue
+        vox[s] = v
+        ux, uy, uz = dx / L, dy / L, dz / L
+        r = radius[s]
+        vf = math.pi * r * r * L
+        ri = r * g_ratio[s]
+        vi = math.pi * ri * ri * L
+        b = bundle[s]
+        fib[v, b] += vf
+        intra[v] += vi
+        u = (ux, uy, uz)
+        for a in range(3):
+            for c in range(3):
+                scatter[v, b, a, c] += vf * u[a] * u[c]
+        for g in range(ng):
+            cg = bvecs[g, 0] * ux + bvecs[g, 1] * uy + bvecs[g, 2] * uz
+            stick[v, g] += vi * math.exp(-bvals[g] * d_intra * cg * cg)
+        px[0] = 1.0
+        py[0] = 1.0
+        pz[0] = 1.0
+        for e in range(1, deg + 1):
+            px[e] = px[e - 1] * ux
+            py[e] = py[e - 1] * uy
+            pz[e] = pz[e - 1] * uz
+        for q in range(npow):
+            moments[v, q] += vf * px[powers[q, 0]] * py[powers[q, 1]] * pz[powers[q, 2]]
+    return fib, intra, scatter, stick, vox, moments
