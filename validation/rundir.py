@@ -31,6 +31,9 @@ FLOAT_FORMAT = "%.10g"
 
 log = logging.getLogger("xscale")
 
+#: Loggers of our packages: the run's log file and the CLI's stderr handler attach to each.
+LOGGER_NAMES = ("xscale", "validation", "phantoms", "metrics", "reports")
+
 
 def _utc_stamp() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -74,14 +77,16 @@ class RunDirectory:
         self._handler = logging.FileHandler(self.path / "run.log", encoding="utf-8")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         self._handler.setLevel(logging.DEBUG)
-        log.addHandler(self._handler)
-        log.setLevel(logging.DEBUG)
+        for name in LOGGER_NAMES:
+            logging.getLogger(name).addHandler(self._handler)
+            logging.getLogger(name).setLevel(logging.DEBUG)
         log.debug("run directory (in progress): %s", self.path)
         return self
 
     def _close_log(self) -> None:
         if self._handler is not None:
-            log.removeHandler(self._handler)
+            for name in LOGGER_NAMES:
+                logging.getLogger(name).removeHandler(self._handler)
             self._handler.close()
             self._handler = None
 

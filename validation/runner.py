@@ -17,7 +17,6 @@ import platform
 import subprocess
 import sys
 import time
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from validation import __version__
+from validation.cases import CaseData, MicroscopyInput, derive_seed, iter_cases
 from validation.config import dumps_config, resolve_config
 from validation.errors import UserError
 from validation.progress import Progress
@@ -71,15 +71,6 @@ class RunResult:
         rows = s[(s.model == model) & (s.metric == metric) & (s.statistic == statistic)
                  & (s.case == case) & (s.region == region)]
         return float(rows.value.iloc[0]) if len(rows) else float("nan")
-
-
-def derive_seed(run_seed: int, *keys: str) -> int:
-    """A seed for one (case, model, ...) that depends on nothing else.
-
-    Changing one model's configuration never changes another model's random numbers.
-    """
-    entropy = [int(run_seed) & 0xFFFFFFFF] + [zlib.crc32(k.encode()) for k in keys]
-    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint32)[0])
 
 
 # --------------------------------------------------------------------------------------
@@ -201,42 +192,47 @@ def _sh_basis_on(sphere: Any, n_coeffs: int) -> np.ndarray:
 # the run
 
 
-def _microscopy_orientation(phantom: Any, cfg: dict[str, Any], seed: int, jobs: int,
-                            timer: _Timer, case_id: str) -> tuple[Any, dict[str, Any]]:
-    """Render the phantom's microscopy, extract ST orientations, project to the dMRI grid."""
+#: Above this many voxels a microscopy level is processed chunk by chunk (dask), below it
+#: in memory (faster for the small phantoms of the built-in suites).
+IN_MEMORY_VOXELS = 64 * 2**20
+
+
+def _microscopy_orientation(level: MicroscopyInput, case: CaseData, cfg: dict[str, Any],
+                            jobs: int, timer: _Timer) -> tuple[Any, dict[str, Any]]:
+    """Structure-tensor orientations of one microscopy level, projected to the dMRI grid."""
     from validation.fod import microscopy_fod
     from validation.orientation import structure_tensor_orientation
 
     ocfg = cfg["orientation"]
-    kwargs = {}
-    if ocfg["voxel_size_um"] is not None:
-        kwargs["voxel_size_um"] = tuple(ocfg["voxel_size_um"])
-    with timer(f"{case_id}/render_microscopy"):
-        micro = phantom.render_microscopy(rng=seed, **kwargs)
-        volume = np.asarray(micro.volume.compute(num_workers=jobs) if hasattr(
-            micro.volume, "compute") else micro.volume, dtype=np.float32)
-        tissue = np.asarray(micro.mask.compute() if hasattr(micro.mask, "compute")
-                            else micro.mask, dtype=bool)
-    spacing = tuple(float(s) for s in micro.spacing_um)
+    spacing = tuple(float(s) for s in level.spacing_um)
     sigma_um = ocfg["sigma_um"] if ocfg["sigma_um"] is not None else 1.5 * min(spacing)
     rho_um = ocfg["rho_um"] if ocfg["rho_um"] is not None else 4.0 * min(spacing)
-    with timer(f"{case_id}/structure_tensor"):
+    volume, mask = level.volume, level.mask
+    in_memory = int(np.prod(volume.shape)) <= IN_MEMORY_VOXELS
+    key = f"{case.case_id}/{level.name}"
+    with timer(f"{key}/render_or_read"):
+        if in_memory:
+            volume = np.asarray(volume.compute(num_workers=jobs) if hasattr(volume, "compute")
+                                else volume, dtype=np.float32)
+            if mask is not None:
+                mask = np.asarray(mask.compute() if hasattr(mask, "compute") else mask, bool)
+    with timer(f"{key}/structure_tensor"):
         st = structure_tensor_orientation(
             volume, sigma=sigma_um, rho=rho_um, spacing=spacing, truncate=ocfg["truncate"]
         )
-    grid = phantom.grid
-    with timer(f"{case_id}/microscopy_fod"):
+    with timer(f"{key}/microscopy_fod"):
         fod = microscopy_fod(
             st.vectors,
             st.anisotropy,
-            microscopy_affine=np.asarray(micro.affine),
-            grid_shape=tuple(grid.shape),
-            grid_affine=np.asarray(grid.affine),
+            microscopy_affine=level.voxel_to_dmri,
+            spacing=np.asarray(spacing) / 1000.0,
+            grid_shape=case.grid_shape,
+            grid_affine=case.grid_affine,
             sh_order_max=cfg["fod"]["sh_order_max"],
-            mask=tissue,
+            mask=mask,
         )
-    info = {"voxel_size_um": list(spacing), "sigma_um": sigma_um, "rho_um": rho_um,
-            "shape": list(volume.shape)}
+    info = {"level": level.name, "voxel_size_um": list(spacing), "sigma_um": sigma_um,
+            "rho_um": rho_um, "shape": [int(n) for n in volume.shape]}
     return fod, info
 
 
@@ -311,15 +307,26 @@ def _report_data(truth: Any, sources: dict[str, tuple[np.ndarray, np.ndarray | N
     np.savez_compressed(rd.file(f"report_data/dec_{case_id}.npz"), **dec)
 
 
-def _load_cases(cfg: dict[str, Any]) -> list[Any]:
-    import phantoms
+def _truth_from_microscopy(fod: Any, fit_mask: np.ndarray) -> Any:
+    """Reference for data without ground truth: the (first) microscopy FOD."""
+    from validation.cases import Truth
 
-    if cfg["data"]["manifest"] is not None:
-        raise UserError(
-            f"{cfg['data']['manifest']}: runs on dataset manifests are not supported in this "
-            "version; use a built-in suite ([data] suite = ...)"
-        )
-    return list(phantoms.get_suite(cfg["data"]["suite"]))
+    peaks = np.asarray(fod.peaks, dtype=np.float64)
+    present = np.linalg.norm(peaks, axis=-1) > 0
+    nufo = present.sum(-1)
+    count = np.asarray(getattr(fod, "count", nufo > 0))
+    mask = (nufo > 0) & (count > 0) & fit_mask
+    fractions = present / np.maximum(nufo[..., None], 1)
+    return Truth(peaks=peaks, fractions=fractions, nufo=nufo, mask=mask,
+                 fod_sh=np.asarray(fod.sh, dtype=np.float64))
+
+
+def _source_label(index: int, level: MicroscopyInput, n_levels: int) -> str:
+    from validation.config import slugify
+
+    if n_levels == 1 or index == 0:
+        return MICROSCOPY_LABEL
+    return f"{MICROSCOPY_LABEL}{slugify(level.name)}" or f"{MICROSCOPY_LABEL}{index}"
 
 
 def run(
@@ -347,23 +354,24 @@ def run(
     progress : bool
         Show progress bars on stderr.
     cache_dir : path, optional
-        Content-hash cache of model fits and microscopy FODs.
+        Content-hash cache of model fits.
+    build_report : bool
+        Build ``report/`` at the end (default True).
 
     Returns
     -------
     RunResult
     """
-    import metrics
-    import phantoms  # noqa: F401  (fail early when a dependency is missing)
     from dipy.data import get_sphere
 
+    import metrics
     from validation.models import ModelFailure, ModelSpec, fit_case
 
     cfg = resolve_config(config)
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: must be at least 1")
     final = Path(output) if output is not None else Path("xscale-runs") / cfg["run"]["name"]
-    specs = _load_cases(cfg)
+    n_cases, cases_iter = iter_cases(cfg)
     timer = _Timer()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     run_seed = int(cfg["run"]["seed"])
@@ -378,43 +386,59 @@ def run(
 
     with RunDirectory(final, overwrite=overwrite) as rd:
         log.info("xscale %s: run '%s', %d cases x %d models", __version__, cfg["run"]["name"],
-                 len(specs), len(model_specs))
+                 n_cases, len(model_specs))
         rd.write_text("config.toml", dumps_config(cfg))
         voxel_tables: list[pd.DataFrame] = []
         tract_rows: list[dict[str, Any]] = []
         failures: list[dict[str, Any]] = []
+        case_rows: list[dict[str, Any]] = []
+        input_hashes: dict[str, str] = {}
         seeds: dict[str, int] = {}
         micro_info: dict[str, Any] = {}
+        reference_sources: dict[str, dict[str, Any]] = {}
         model_meta: dict[str, dict[str, Any]] = {
             m.label: {"label": m.label, "name": m.name, "display_name": m.display_name,
                       "params": m.params, "timeout_s": m.timeout_s}
             for m in model_specs
         }
-        bar = Progress(total=len(specs) * (3 + len(model_specs)), enabled=progress,
+        bar = Progress(total=n_cases * (3 + len(model_specs)), enabled=progress,
                        desc="xscale run")
-        for spec in specs:
-            case_id = spec.case_id
-            case_seed = derive_seed(run_seed, case_id, "phantom")
-            seeds[f"{case_id}/phantom"] = case_seed
-            bar.set_description(f"{case_id}: phantom")
-            with timer(f"{case_id}/phantom"):
-                phantom = phantoms.build_phantom(spec, rng=case_seed)
-                truth = phantom.truth()
-                noise_seed = derive_seed(run_seed, case_id, "dmri")
-                seeds[f"{case_id}/dmri"] = noise_seed
-                signal = phantom.simulate_dmri(rng=noise_seed)
+        for case_index in range(n_cases):
+            bar.set_description("loading case" if cfg["data"]["manifest"] else "phantom")
+            with timer(f"case{case_index}/load"):
+                case = next(cases_iter)
+            case_id = case.case_id
+            timer.timings[f"{case_id}/load"] = timer.timings.pop(f"case{case_index}/load")
+            for stage in ("phantom", "dmri", "microscopy"):
+                seeds[f"{case_id}/{stage}"] = derive_seed(run_seed, case_id, stage)
+            case_rows.append({"case": case_id, **case.conditions})
+            input_hashes[case_id] = hashlib.sha256(
+                json.dumps(case.source, sort_keys=True, default=str).encode()).hexdigest()
             bar.update()
 
             sources: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-            bar.set_description(f"{case_id}: microscopy")
-            micro_seed = derive_seed(run_seed, case_id, "microscopy")
-            seeds[f"{case_id}/microscopy"] = micro_seed
-            fod, info = _microscopy_orientation(phantom, cfg, micro_seed, jobs, timer, case_id)
-            micro_info[case_id] = info
-            sources[MICROSCOPY_LABEL] = (np.asarray(fod.peaks), np.asarray(fod.sh))
+            truth = case.truth
+            for index, level in enumerate(case.microscopy):
+                label = _source_label(index, level, len(case.microscopy))
+                bar.set_description(f"{case_id}: microscopy {level.name}")
+                fod, info = _microscopy_orientation(level, case, cfg, jobs, timer)
+                micro_info.setdefault(label, {})[case_id] = info
+                reference_sources[label] = {"label": label, "name": "structure-tensor",
+                                            "display_name": f"Microscopy ({level.name})"
+                                            if index else "Microscopy (structure tensor)",
+                                            "reference": True}
+                if truth is None and index == 0:
+                    # real data: the first microscopy level is the reference, not a score
+                    truth = _truth_from_microscopy(fod, case.fit_mask)
+                    continue
+                sources[label] = (np.asarray(fod.peaks), np.asarray(fod.sh))
             bar.update()
+            if truth is None:
+                raise UserError(
+                    f"case {case_id}: nothing to score against: the dataset has neither "
+                    "[truth] nor a [[microscopy]] level"
+                )
 
-            fit_mask = np.asarray(truth.mask, bool)
             for mspec in model_specs:
                 bar.set_description(f"{case_id}: {mspec.label}")
                 model_seed = derive_seed(run_seed, case_id, mspec.label)
@@ -422,7 +446,7 @@ def run(
                 try:
                     with timer(f"{case_id}/model-{mspec.label}"):
                         out = fit_case(
-                            mspec, signal.data, signal.bvals, signal.bvecs, fit_mask,
+                            mspec, case.dwi, case.bvals, case.bvecs, case.fit_mask,
                             truth=truth, sh_order_max=sh_order_max, jobs=jobs,
                             cache_dir=Path(cache_dir) if cache_dir else None, seed=model_seed,
                         )
@@ -456,10 +480,9 @@ def run(
                     for name in VOXEL_METRICS:
                         table[name] = values[name]
                     voxel_tables.append(table)
-                    _write_derivatives(rd, case_id, label, phantom.grid, peaks, sh, sh_order_max)
+                    _write_derivatives(rd, case_id, label, case.grid, peaks, sh, sh_order_max)
                 _report_data(truth, sources, case_id, rd)
-                tract_rows.extend(_tractography(cfg, case_id, phantom, truth, sources, signal,
-                                                run_seed, failures, timer, rd))
+            tract_rows.extend(_tractography(cfg, case, truth, sources, run_seed, timer, rd))
             bar.update()
         bar.close()
 
@@ -471,7 +494,7 @@ def run(
                 seed=run_seed,
             )
         tractography = pd.DataFrame(tract_rows)
-        cases = pd.DataFrame([{"case": s.case_id, **s.conditions()} for s in specs])
+        cases = pd.DataFrame(case_rows)
 
         tasks = {name: metrics.TASKS[name] for name in VOXEL_METRICS if name in metrics.TASKS}
         if len(tractography):
@@ -485,9 +508,8 @@ def run(
         rd.write_json("tasks.json", tasks)
         rd.write_json("failures.json", failures)
         models_json = [model_meta[m.label] for m in model_specs]
-        models_json.append({"label": MICROSCOPY_LABEL, "name": "structure-tensor",
-                            "display_name": "Microscopy (structure tensor)",
-                            "params": micro_info, "reference": True})
+        for label, meta in reference_sources.items():
+            models_json.append({**meta, "params": micro_info.get(label, {})})
         rd.write_json("models.json", models_json)
         provenance = {
             "schema_version": SCHEMA_VERSION,
@@ -497,9 +519,9 @@ def run(
             "versions": _versions(),
             "machine": _machine(),
             "command": " ".join(sys.argv),
+            "data": cfg["data"],
             "seeds": {"run": run_seed, **seeds},
-            "input_hashes": {"suite": hashlib.sha256(json.dumps(
-                [s.to_dict() for s in specs], sort_keys=True, default=str).encode()).hexdigest()},
+            "input_hashes": input_hashes,
             "jobs": jobs,
             "started": started,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -511,34 +533,32 @@ def run(
 
             with timer("report"):
                 reports.build_report(rd.path)
-        log.info("run written in %.1f s", sum(v for k, v in timer.timings.items()))
+        log.info("run written in %.1f s", sum(timer.timings.values()))
     return load_run(final)
 
 
-def _tractography(cfg: dict[str, Any], case_id: str, phantom: Any, truth: Any,
-                  sources: dict[str, tuple[np.ndarray, np.ndarray | None]], signal: Any,
-                  run_seed: int, failures: list[dict[str, Any]], timer: _Timer,
-                  rd: RunDirectory) -> list[dict[str, Any]]:
+def _tractography(cfg: dict[str, Any], case: CaseData, truth: Any,
+                  sources: dict[str, tuple[np.ndarray, np.ndarray | None]], run_seed: int,
+                  timer: _Timer, rd: RunDirectory) -> list[dict[str, Any]]:
     """Track with the configured models on this case and score against the truth bundles."""
     tcfg = cfg["tracking"]
     bundles = list(getattr(truth, "bundles", []) or [])
     if not tcfg["enabled"] or not bundles:
         return []
-    try:
-        from validation.tracking import track_and_score
-    except ImportError:
-        return []
+    from validation.tracking import track_and_score
+
     rows: list[dict[str, Any]] = []
+    out_dir = rd.path / f"derivatives/sub-{case.case_id}/dwi"
+    out_dir.mkdir(parents=True, exist_ok=True)
     for label in tcfg["models"]:
         if label not in sources:
             continue
         peaks, sh = sources[label]
-        with timer(f"{case_id}/tracking-{label}"):
+        with timer(f"{case.case_id}/tracking-{label}"):
             rows.extend(track_and_score(
-                case_id=case_id, label=label, peaks=peaks, sh=sh, truth=truth,
-                grid=phantom.grid, config=tcfg, seed=derive_seed(run_seed, case_id, "track",
-                                                                  label),
-                out_dir=rd.file(f"derivatives/sub-{case_id}/dwi").parent / "dwi",
+                case_id=case.case_id, label=label, peaks=peaks, sh=sh, truth=truth,
+                grid=case.grid, config=tcfg,
+                seed=derive_seed(run_seed, case.case_id, "track", label), out_dir=out_dir,
             ))
     return rows
 

@@ -73,11 +73,16 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(message)s",
-        stream=sys.stderr,
-    )
+    # progress messages on stderr; the run's own log file gets everything (rundir.py)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    from validation.rundir import LOGGER_NAMES
+
+    for name in LOGGER_NAMES:
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).propagate = False
+        logging.getLogger(name).setLevel(logging.DEBUG)
     try:
         code = args._module.run(args)
     except user_error_types() as exc:
@@ -98,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERNAL_ERROR
+    finally:
+        for name in LOGGER_NAMES:
+            logging.getLogger(name).removeHandler(handler)
     return int(code or 0)
 
 
