@@ -91,8 +91,9 @@ class RunDiff:
             f"({better} is better): {a} -> {b}  change {change}"
         )
 
-    def to_text(self) -> str:
-        """A plain-text report (one section per change category)."""
+    def to_text(self, *, verbose: bool = False) -> str:
+        """A plain-text report: one section per change category; rows that changed within
+        their CIs are counted only, unless ``verbose``."""
         lines = [f"xscale diff  A: {self.run_a}", f"             B: {self.run_b}"]
         for key, va, vb in self.provenance_changes:
             lines.append(f"{key}: {va} -> {vb}")
@@ -103,6 +104,10 @@ class RunDiff:
         for status in STATUSES[:-1]:
             rows = self.table[self.table["status"] == status]
             if rows.empty:
+                continue
+            if status == "within CI" and not verbose:
+                models = ", ".join(pd.unique(rows["model"]))
+                lines.append(f"within CI ({len(rows)}, models {models}; --verbose lists them)")
                 continue
             lines.append(f"{status} ({len(rows)}):")
             lines += [self._line(r) for r in rows.itertuples(index=False)]
@@ -185,10 +190,12 @@ def classify(
 
 
 def _conditions(run: RunData) -> dict[str, str]:
+    """``{case: "cond=value, ..."}`` with the conditions that vary across the run's cases."""
     if run.cases is None:
         return {}
     out = {}
-    cols = [c for c in run.cases.columns if c != "case"]
+    cols = [c for c in run.cases.columns
+            if c != "case" and run.cases[c].nunique(dropna=False) > 1]
     for rec in run.cases.to_dict("records"):
         out[str(rec["case"])] = ", ".join(f"{c}={rec[c]}" for c in cols)
     return out

@@ -316,11 +316,11 @@ def sweep_figure(
                 continue
             colour = colours[label]
             ax.fill_between(x, lo, hi, color=colour, alpha=0.18, lw=0)
-            ax.plot(x, value, "o-", color=colour, label=mpl_text(run.display_name(label), 28))
+            ax.plot(x, value, "o-", color=colour, label=mpl_text(run.display_name(label), 34))
         if log_x:
             ax.set_xscale("log")
         ax.set_xlabel(mpl_text(CONDITION_LABELS.get(condition, condition), 60))
-        ax.set_ylabel(f"{metric_label(run, metric)}, median")
+        ax.set_ylabel(f"{metric_label(run, metric)}\nmedian")
         ax.grid(color="0.92", lw=0.5)
     handles, names = axes[0].get_legend_handles_labels()
     if handles:
@@ -361,7 +361,7 @@ def distribution_figure(
         for median in parts["medians"]:
             median.set_color("black")
         ax.set_xticks(np.arange(1, len(names) + 1), names, rotation=25, ha="right")
-        ax.set_ylabel(f"{metric_label(run, metric)}, per voxel")
+        ax.set_ylabel(f"{metric_label(run, metric)}\nper voxel")
         ax.grid(axis="y", color="0.92", lw=0.5)
     return fig if plotted else None
 
@@ -370,7 +370,7 @@ def distribution_figure(
 def _sources(keys: Sequence[str], prefix: str, labels: Sequence[str]) -> list[str]:
     """Source names of ``prefix<source>`` arrays: truth, microscopy, models, others."""
     names = [k[len(prefix) :] for k in keys if k.startswith(prefix)]
-    order = ["truth", "microscopy", *labels]
+    order = list(dict.fromkeys(["truth", "microscopy", *labels]))  # labels may hold microscopy
     return [n for n in order if n in names] + sorted(n for n in names if n not in order)
 
 

@@ -110,8 +110,9 @@ class RunData:
         return bool(self.tasks.get(metric, {}).get("higher_is_better", True))
 
     def unit(self, metric: str) -> str:
-        """Unit of ``metric`` from tasks.json ("" when none)."""
-        return str(self.tasks.get(metric, {}).get("unit", "") or "")
+        """Unit of ``metric`` from tasks.json ("" when none or dimensionless, "1")."""
+        unit = str(self.tasks.get(metric, {}).get("unit", "") or "")
+        return "" if unit.strip() == "1" else unit
 
     def voxels(self) -> pd.DataFrame | None:
         """voxels.csv.gz (or voxels.parquet), or None when the run has none."""

@@ -180,17 +180,20 @@ def write_leaderboard(
         "CI and rank (1 = best) of "
         + "; ".join(latex_escape(_metric_phrase(run, m)) for m in metrics)
         + ". Models ordered by their mean rank."
+        + (" A reference is not a dMRI model (the microscopy FOD)."
+           if any(r.reference for r in rows) else "")
     )
     records = []
     for row in rows:
-        rec: dict[str, object] = {"model": row.label, "display_name": row.display_name}
+        rec: dict[str, object] = {"model": row.label, "display_name": row.display_name,
+                                  "reference": row.reference}
         for m in metrics:
             s = row.scores[m]
             rec.update({f"{m}_median": s.value, f"{m}_ci_low": s.ci_low,
                         f"{m}_ci_high": s.ci_high, f"{m}_rank": s.rank})
         rec["mean_rank"] = row.mean_rank
         records.append(rec)
-    columns = ["model", "display_name"]
+    columns = ["model", "display_name", "reference"]
     for m in metrics:
         columns += [f"{m}_median", f"{m}_ci_low", f"{m}_ci_high", f"{m}_rank"]
     _write_csv(pd.DataFrame(records, columns=[*columns, "mean_rank"]), folder / "leaderboard.csv")
@@ -198,7 +201,7 @@ def write_leaderboard(
     header = ["Model"] + [latex_escape(m) for m in metrics] + ["Mean rank"]
     body = []
     for row in rows:
-        cells = [latex_escape(row.display_name)]
+        cells = [latex_escape(row.display_name) + (" (reference)" if row.reference else "")]
         for m in metrics:
             s = row.scores[m]
             ci = f" {s.ci_text}" if s.ci_text else ""

@@ -122,3 +122,16 @@ def test_classify_is_antisymmetric(a, b, higher) -> None:
     # a regression never has overlapping CIs
     if forward == "regression":
         assert a[1] > b[2] or b[1] > a[2]
+
+
+def test_text_lists_within_ci_rows_only_when_verbose(changed_pair) -> None:
+    a, b = changed_pair
+    d = diff_runs(a, b)
+    within = d.table[d.table["status"] == "within CI"]
+    assert len(within) > 0 and set(within["model"]) == {"csa"}
+    short, long = d.to_text(), d.to_text(verbose=True)
+    assert f"within CI ({len(within)}, models csa; --verbose lists them)" in short
+    assert f"within CI ({len(within)}):" in long
+    assert len(long.splitlines()) == len(short.splitlines()) + len(within)
+    # only the conditions that vary across cases are named
+    assert "(crossing_angle_deg=30.0)" in long and "snr=" not in long

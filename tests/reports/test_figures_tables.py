@@ -145,3 +145,12 @@ def test_sweep_figure_plots_the_scores_as_written(run_dir) -> None:
             expected = rows.loc[["angle-30", "angle-60", "angle-90"], "value"].to_numpy()
             np.testing.assert_array_equal(line.get_xdata(), [30.0, 60.0, 90.0])
             np.testing.assert_array_equal(line.get_ydata(), expected)
+
+
+def test_sources_are_listed_once_in_a_fixed_order() -> None:
+    from reports.figures import _sources
+
+    keys = ["odf_csd8", "odf_microscopy", "odf_truth", "odf_extra", "sphere_vertices"]
+    # the runner lists the microscopy FOD among the models too
+    assert _sources(keys, "odf_", ["dti", "csd8", "microscopy"]) == [
+        "truth", "microscopy", "csd8", "extra"]

@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--html", type=Path, default=None, metavar="OUT",
                         help="also write the comparison as a self-contained HTML page")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also list the scores that changed within their CIs")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from reports import diff_runs
 
     result = diff_runs(args.run_a, args.run_b)
-    sys.stdout.write(result.to_text())
+    sys.stdout.write(result.to_text(verbose=args.verbose))
     if args.html is not None:
         _write_atomic(args.html, result.to_html())
     if args.fail_on_regression and result.has_regression:
