@@ -98,6 +98,7 @@ _MICRO_KEYS: dict[str, Any] = {
     "name": str, "path": str, "level": int, "voxel_size_um": (list, float, int),
     "transform": list,
     "description": str, "source": str,
+    "mask": str,  # tissue mask volume (non-zero = tissue), same shape as the level
 }
 _TRUTH_KEYS: dict[str, type] = {
     "peaks": str, "fractions": str, "nufo": str, "mask": str, "fod_sh": str, "bundles": str,

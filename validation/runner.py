@@ -550,6 +550,12 @@ def _tractography(cfg: dict[str, Any], case: CaseData, truth: Any,
     rows: list[dict[str, Any]] = []
     out_dir = rd.path / f"derivatives/sub-{case.case_id}/dwi"
     out_dir.mkdir(parents=True, exist_ok=True)
+    axis = 2
+    projections: dict[str, Any] = {"projection_axis": axis}
+    for bundle in bundles:
+        projections[f"truth_{bundle.name}"] = np.asarray(bundle.mask, bool).max(axis=axis
+                                                                                 ).astype(
+            np.float32)
     for label in tcfg["models"]:
         if label not in sources:
             continue
@@ -560,7 +566,28 @@ def _tractography(cfg: dict[str, Any], case: CaseData, truth: Any,
                 grid=case.grid, config=tcfg,
                 seed=derive_seed(run_seed, case.case_id, "track", label), out_dir=out_dir,
             ))
+        trk = out_dir / f"sub-{case.case_id}_model-{label}_tractography.trk"
+        if trk.is_file():
+            projections[f"density_{label}"] = _streamline_density(
+                trk, case.grid_affine, case.grid_shape, axis)
+    if len(projections) > 1:
+        np.savez_compressed(rd.file(f"report_data/tracts_{case.case_id}.npz"), **projections)
     return rows
+
+
+def _streamline_density(path: Path, affine: np.ndarray, shape: tuple[int, int, int],
+                        axis: int) -> np.ndarray:
+    """Streamline points per voxel (dMRI grid), summed along ``axis`` (report figure)."""
+    import nibabel as nib
+
+    points = nib.streamlines.load(str(path)).streamlines.get_data()
+    if len(points) == 0:
+        return np.zeros([n for a, n in enumerate(shape) if a != axis], np.float32)
+    ijk = np.rint(nib.affines.apply_affine(np.linalg.inv(affine), points)).astype(np.int64)
+    inside = np.all((ijk >= 0) & (ijk < np.asarray(shape)), axis=1)
+    counts = np.zeros(shape, np.float32)
+    np.add.at(counts, tuple(ijk[inside].T), 1.0)
+    return counts.sum(axis=axis)
 
 
 def load_run(path: str | Path) -> RunResult:
