@@ -648,7 +648,8 @@ def microscopy_overlap(
     world = level.voxels_to_dmri(_box_samples(level.shape))
     inv = np.linalg.inv(grid_affine)
     vox = world @ inv[:3, :3].T + inv[:3, 3]
-    inside = np.all((vox >= -0.5) & (vox <= np.asarray(grid_shape) - 0.5), axis=1)
+    eps = 1e-6  # voxel edges that coincide must not fall outside by round-off
+    inside = np.all((vox >= -0.5 - eps) & (vox <= np.asarray(grid_shape) - 0.5 + eps), axis=1)
     extent = np.stack([vox.min(axis=0), vox.max(axis=0)], axis=1)
     return float(inside.mean()), extent
 

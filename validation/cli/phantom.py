@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--microscopy-dtype", choices=("float32", "uint16"), default="float32",
                         help="stored microscopy dtype (uint16: fixed linear map, in attrs)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="run seed; per-case seeds are derived as `xscale run` does "
+                             "(default 0)")
 
 
 def load_specs(source: str) -> tuple[str, list[Any]]:
@@ -103,10 +106,12 @@ def write_case(
     contrast: str | None = None,
     microscopy_dtype: str = "float32",
     rng: Any = None,
+    microscopy_rng: Any = None,
 ) -> Path:
     """Write one phantom as a dataset folder in the manifest layout (design.md).
 
     ``folder`` must not exist; it is created. Returns the path of its manifest.toml.
+    ``rng`` draws the dMRI noise, ``microscopy_rng`` the microscopy noise (default: ``rng``).
     """
     from validation.io.nifti import save_gradients, save_json, save_nifti, save_trk
     from validation.manifest import write_manifest
@@ -178,7 +183,8 @@ def write_case(
     }
     if microscopy:
         manifest["microscopy"] = [
-            _write_microscopy(phantom, out, voxel_size_um, contrast, microscopy_dtype, rng)
+            _write_microscopy(phantom, out, voxel_size_um, contrast, microscopy_dtype,
+                              rng if microscopy_rng is None else microscopy_rng)
         ]
     return write_manifest(out / "manifest.toml", manifest)
 
@@ -187,7 +193,10 @@ def _write_microscopy(
     phantom: Any, out: Path, voxel_size_um: float | None, contrast: str | None,
     dtype: str, rng: Any,
 ) -> dict[str, Any]:
-    from validation.io.omezarr import write_ome_zarr
+    import dask.array as da
+    import zarr
+
+    from validation.io.omezarr import create_ome_zarr_image
 
     mic = phantom.render_microscopy(voxel_size_um=voxel_size_um, contrast=contrast, rng=rng)
     spacing = [float(s) for s in mic.spacing_um]
@@ -201,16 +210,20 @@ def _write_microscopy(
         attrs["xscale"]["uint16_to_intensity"] = {
             "offset": UINT16_OFFSET, "scale": UINT16_RANGE / 65535.0,
         }
-    # one pass renders intensity and mask together (they share the block computation)
-    import dask.array as da
-
-    stacked = da.stack([volume.astype(np.float32) if dtype == "float32" else volume,
-                        mic.mask.astype(volume.dtype)])
-    stacked = stacked.persist() if stacked.nbytes < 2**30 else stacked
-    write_ome_zarr(out / "microscopy.ome.zarr", stacked[0], spacing=spacing,
-                   units="micrometer", attrs=attrs, name="microscopy")
-    write_ome_zarr(out / "microscopy_mask.ome.zarr", stacked[1].astype(np.uint8),
-                   spacing=spacing, units="micrometer", name="tissue-mask")
+    mask = mic.mask.astype(np.uint8)
+    chunks = tuple(int(c) for c in volume.chunksize)
+    targets = []
+    for name, arr, label, extra in (
+        ("microscopy.ome.zarr", volume, "microscopy", attrs),
+        ("microscopy_mask.ome.zarr", mask, "tissue-mask", None),
+    ):
+        group = zarr.open_group(str(out / name), mode="w", zarr_format=2)
+        targets.append(create_ome_zarr_image(
+            group, shape=tuple(arr.shape), dtype=arr.dtype, spacing=spacing,
+            units="micrometer", chunks=chunks, name=label, attrs=extra,
+        ))
+    # one pass: each chunk is rendered once for both images (chunks align: no locks)
+    da.store([volume, mask], targets, lock=False)
     # microscopy world (x, y, z) mm = reversed array axes * spacing; to dMRI world mm
     v2w = np.zeros((4, 4))
     v2w[3, 3] = 1.0
@@ -222,12 +235,14 @@ def _write_microscopy(
     return {
         "name": label, "path": "microscopy.ome.zarr", "level": 0,
         "voxel_size_um": spacing, "transform": ["microscopy_to_dmri.txt"],
-        "description": "phantom microscopy; tissue mask in microscopy_mask.ome.zarr",
+        "mask": "microscopy_mask.ome.zarr",
+        "description": "phantom microscopy and its tissue mask",
     }
 
 
 def run(args: argparse.Namespace) -> int:
     import phantoms
+    from validation.cases import derive_seed
 
     name, specs = load_specs(args.source)
     if args.cases:
@@ -246,11 +261,15 @@ def run(args: argparse.Namespace) -> int:
         (tmp / "suite.toml").write_text(suite_toml(name, specs))
         for spec in specs:
             t0 = time.perf_counter()
-            ph = phantoms.build_phantom(spec)
+            # the seeds `xscale run` derives for the same case: a written phantom run
+            # through its manifest scores as the in-memory phantom does
+            ph = phantoms.build_phantom(spec, rng=derive_seed(args.seed, spec.case_id, "phantom"))
             write_case(
                 ph, tmp / spec.case_id, microscopy=not args.no_microscopy,
                 voxel_size_um=args.microscopy_voxel_um, contrast=args.contrast,
                 microscopy_dtype=args.microscopy_dtype,
+                rng=derive_seed(args.seed, spec.case_id, "dmri"),
+                microscopy_rng=derive_seed(args.seed, spec.case_id, "microscopy"),
             )
             log.info("phantom %s: %s written in %.1f s", name, spec.case_id,
                      time.perf_counter() - t0)
