@@ -50,6 +50,9 @@ class MicroscopyInput:
     mask: Any | None  # same shape, bool, or None (all tissue)
     spacing_um: tuple[float, float, float]  # per array axis
     voxel_to_dmri: np.ndarray  # (4, 4) microscopy voxel index -> dMRI world mm
+    # landmark placement (manifest ``landmarks``): its fit (LandmarkAlignment) and pairs
+    alignment: Any | None = None
+    landmarks: Any | None = None
 
 
 @dataclass
@@ -103,8 +106,14 @@ class CaseData:
 # phantoms in memory
 
 
-def phantom_case(spec: Any, *, run_seed: int, voxel_size_um: Any = None) -> CaseData:
-    """Build one phantom case in memory (the built-in suites)."""
+def phantom_case(spec: Any, *, run_seed: int, voxel_size_um: Any = None,
+                 extra_voxel_sizes_um: Any = ()) -> CaseData:
+    """Build one phantom case in memory (the built-in suites).
+
+    ``extra_voxel_sizes_um`` adds one microscopy level per voxel size (micrometres),
+    named ``microscopy-<size>um`` and rendered with the same noise seed, for cross-scale
+    comparison.
+    """
     import phantoms
 
     case_id = spec.case_id
@@ -114,6 +123,19 @@ def phantom_case(spec: Any, *, run_seed: int, voxel_size_um: Any = None) -> Case
     kwargs = {} if voxel_size_um is None else {"voxel_size_um": voxel_size_um}
     micro = phantom.render_microscopy(rng=derive_seed(run_seed, case_id, "microscopy"),
                                       **kwargs)
+    levels = [MicroscopyInput(
+        name="microscopy", volume=micro.volume, mask=micro.mask,
+        spacing_um=tuple(float(s) for s in micro.spacing_um),  # type: ignore[arg-type]
+        voxel_to_dmri=np.asarray(micro.affine, dtype=np.float64),
+    )]
+    for size in extra_voxel_sizes_um:
+        extra = phantom.render_microscopy(
+            voxel_size_um=float(size), rng=derive_seed(run_seed, case_id, "microscopy"))
+        levels.append(MicroscopyInput(
+            name=f"microscopy-{float(size):g}um", volume=extra.volume, mask=extra.mask,
+            spacing_um=tuple(float(s) for s in extra.spacing_um),  # type: ignore[arg-type]
+            voxel_to_dmri=np.asarray(extra.affine, dtype=np.float64),
+        ))
     return CaseData(
         case_id=case_id,
         conditions=dict(spec.conditions()),
@@ -125,11 +147,7 @@ def phantom_case(spec: Any, *, run_seed: int, voxel_size_um: Any = None) -> Case
         bvecs=np.asarray(signal.bvecs, dtype=np.float64),
         fit_mask=np.asarray(truth.mask, bool),
         truth=truth,
-        microscopy=[MicroscopyInput(
-            name="microscopy", volume=micro.volume, mask=micro.mask,
-            spacing_um=tuple(float(s) for s in micro.spacing_um),  # type: ignore[arg-type]
-            voxel_to_dmri=np.asarray(micro.affine, dtype=np.float64),
-        )],
+        microscopy=levels,
         source={"suite_case": spec.to_dict()},
     )
 
@@ -151,7 +169,7 @@ def _load_nifti_array(path: Path, shape: tuple[int, ...], what: str) -> np.ndarr
     import nibabel as nib
 
     try:
-        data = np.asanyarray(nib.load(str(path)).dataobj)
+        data = np.asanyarray(nib.load(str(path)).dataobj)  # type: ignore[attr-defined]
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: cannot read the {what}: {exc}") from None
     if tuple(data.shape[:3]) != tuple(shape):
@@ -224,12 +242,108 @@ def _load_bundles(config: Path, shape: tuple[int, int, int]) -> list[Bundle]:
     return bundles
 
 
-def dataset_case(manifest_path: str | Path) -> CaseData:
-    """One case from a dataset manifest (``validation.manifest.load_dataset``)."""
-    from validation.io.volumes import open_volume
-    from validation.manifest import load_dataset
+#: Manifest keys of a [[microscopy]] entry read here (landmark placement); the rest of
+#: the entry is validated by ``validation.manifest``.
+LANDMARK_KEYS = ("landmarks", "landmark_transform")
 
-    dataset = load_dataset(manifest_path)
+
+def _read_manifest_landmarks(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Parse a manifest, take out the landmark keys of its levels and validate the rest.
+
+    ``landmarks = "pairs.csv"`` (source = the level's world after its ``transform``
+    chain, target = dMRI world, mm) with ``landmark_transform = "rigid" | "similarity" |
+    "affine"`` (default rigid); ``transform`` defaults to ``[]`` when landmarks are given.
+    """
+    from validation.manifest import validate_manifest
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    found: dict[str, dict[str, Any]] = {}
+    levels = data.get("microscopy", [])
+    if isinstance(levels, list):
+        for i, entry in enumerate(levels, start=1):
+            if not isinstance(entry, dict) or not any(k in entry for k in LANDMARK_KEYS):
+                continue
+            where = f"{path}: [[microscopy]] entry {i}"
+            csv_path = entry.pop("landmarks", None)
+            kind = entry.pop("landmark_transform", "rigid")
+            if not isinstance(csv_path, str):
+                raise ConfigError(f"{where}: landmark_transform needs landmarks = \"pairs.csv\""
+                                  if csv_path is None else
+                                  f"{where}: landmarks = {csv_path!r} should be a CSV path")
+            if kind not in ("rigid", "similarity", "affine"):
+                raise ConfigError(f"{where}: landmark_transform = {kind!r} is invalid; use "
+                                  "rigid, similarity or affine")
+            entry.setdefault("transform", [])
+            found[str(entry.get("name", i))] = {"path": path.parent / csv_path, "kind": kind}
+    return validate_manifest(data, source=str(path)), found
+
+
+def _load_dataset(path: Path) -> Any:
+    """``validation.manifest.load_dataset`` plus landmark placement of levels.
+
+    Returns the Dataset and, per level name with landmarks, (alignment, landmarks).
+    """
+    from validation import manifest as mf
+    from validation.landmarks import align_landmarks, read_landmarks_csv
+    from validation.transforms import CompositeTransform
+
+    if path.is_dir():
+        path = path / "manifest.toml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: manifest not found")
+    manifest, landmark_entries = _read_manifest_landmarks(path)
+    if not landmark_entries:
+        return mf.load_dataset(path), {}
+    base, source = path.parent, str(path)
+    ds = mf.Dataset(path=path, manifest=manifest)
+    if "dmri" in manifest:
+        ds.dwi, ds.affine, ds.gradients, ds.mask, ds.labels = mf._load_dmri(
+            manifest["dmri"], base, source, check_data=True)
+    alignments: dict[str, tuple[Any, Any]] = {}
+    for entry in manifest["microscopy"]:
+        level = mf.load_microscopy_level(entry, base, source=source)
+        spec = landmark_entries.get(level.name)
+        if spec is not None:
+            try:
+                pairs = read_landmarks_csv(spec["path"])
+                fit = align_landmarks(pairs, spec["kind"])
+            except UserError as exc:
+                raise UserError(f"{source}: microscopy {level.name!r} landmarks: {exc}") from None
+            level.transform = CompositeTransform([level.transform, fit.transform])
+            alignments[level.name] = (fit, pairs)
+        if ds.dwi is not None and ds.affine is not None:
+            grid = ds.grid_shape
+            assert grid is not None
+            fraction, extent = mf.microscopy_overlap(level, grid, ds.affine)
+            if fraction == 0.0:
+                span = ", ".join(f"[{lo:.1f}, {hi:.1f}]" for lo, hi in extent)
+                raise UserError(
+                    f"{source}: microscopy {level.name!r} does not overlap the dMRI field of "
+                    f"view: it maps to dMRI voxels {span}, the grid is "
+                    f"{' x '.join(map(str, grid))} (overlap 0%)"
+                )
+            level.overlap_fraction = fraction
+        ds.microscopy.append(level)
+    for key, value in manifest.get("truth", {}).items():
+        p = mf._resolve(base, value)
+        if not p.exists():
+            raise UserError(f"{source}: [truth] {key} {str(p)!r}: file not found")
+        ds.truth[key] = p
+    return ds, alignments
+
+
+def dataset_case(manifest_path: str | Path) -> CaseData:
+    """One case from a dataset manifest (``validation.manifest.load_dataset``).
+
+    Microscopy levels may be placed by landmarks (``landmarks``, ``landmark_transform``
+    in their ``[[microscopy]]`` entry): the fitted transform follows the level's chain.
+    """
+    from validation.io.volumes import open_volume
+
+    dataset, alignments = _load_dataset(Path(manifest_path))
     if dataset.dwi is None or dataset.gradients is None or dataset.affine is None:
         raise ConfigError(f"{manifest_path}: the manifest has no [dmri] data to score")
     shape = dataset.grid_shape
@@ -253,10 +367,12 @@ def dataset_case(manifest_path: str | Path) -> CaseData:
                 raise UserError(f"{mask_path}: mask shape {tuple(mvol.array.shape)} does not "
                                 f"match the microscopy {tuple(level.volume.shape)}")
             mask = mvol.array > 0
+        alignment, pairs = alignments.get(level.name, (None, None))
         levels.append(MicroscopyInput(
             name=level.name, volume=level.volume, mask=mask,
             spacing_um=tuple(float(s) for s in level.spacing_um),  # type: ignore[arg-type]
             voxel_to_dmri=np.asarray(affine, dtype=np.float64),
+            alignment=alignment, landmarks=pairs,
         ))
     if truth is not None:
         fit_mask = np.asarray(truth.mask, bool)
@@ -310,13 +426,22 @@ def manifest_paths(path: str | Path) -> list[Path]:
 
 
 def iter_cases(cfg: dict[str, Any]) -> tuple[int, Iterator[CaseData]]:
-    """Number of cases and a lazy iterator over them (phantoms are built one at a time)."""
+    """Number of cases and an iterator over them.
+
+    Phantoms are built one at a time, lazily. Datasets (``[data] manifest``) are all
+    loaded and checked here, before anything is written, so a bad input anywhere in a
+    suite fails the run before its run directory exists (dMRI volumes are small;
+    microscopy volumes stay lazy).
+    """
     run_seed = int(cfg["run"]["seed"])
     voxel = cfg["orientation"]["voxel_size_um"]
     if cfg["data"]["manifest"] is not None:
         paths = manifest_paths(cfg["data"]["manifest"])
-        return len(paths), (dataset_case(p) for p in paths)
+        loaded = [dataset_case(p) for p in paths]
+        return len(loaded), iter(loaded)
     import phantoms
 
+    extra = cfg.get("crossscale", {}).get("voxel_sizes_um", []) or []
     specs = list(phantoms.get_suite(cfg["data"]["suite"]))
-    return len(specs), (phantom_case(s, run_seed=run_seed, voxel_size_um=voxel) for s in specs)
+    return len(specs), (phantom_case(s, run_seed=run_seed, voxel_size_um=voxel,
+                                     extra_voxel_sizes_um=extra) for s in specs)

@@ -15,6 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tomli_w
 
 from validation.errors import ConfigError
@@ -25,7 +26,8 @@ DEFAULT_MODELS: list[dict[str, Any]] = [
     {"name": "csd", "label": "csd", "display_name": "CSD (order 8)", "params": {}},
 ]
 
-_TOP_LEVEL = {"run", "data", "models", "orientation", "fod", "metrics", "tracking", "gates"}
+_TOP_LEVEL = {"run", "data", "models", "orientation", "fod", "metrics", "tracking", "gates",
+              "crossscale", "registration"}
 
 _SECTIONS: dict[str, dict[str, Any]] = {
     "run": {"name": "default", "seed": 0, "description": ""},
@@ -41,9 +43,20 @@ _SECTIONS: dict[str, dict[str, Any]] = {
         "step_size": 0.5,
         "max_angle_deg": 30.0,
     },
+    # every pair of a case's microscopy levels compared on the dMRI grid (crossscale.csv);
+    # voxel_sizes_um: extra levels rendered for built-in phantom suites (one per size)
+    "crossscale": {"enabled": True, "voxel_sizes_um": []},
+    # registration uncertainty (registration.csv): each microscopy level's transform
+    # perturbed `perturbations` times (0 = off) by a random rigid transform (rotation
+    # angle ~ N(0, rotation_deg), translation ~ N(0, translation_um) per axis), or by
+    # refitting its landmarks with their estimated localisation error
+    "registration": {"perturbations": 0, "rotation_deg": 1.0, "translation_um": 20.0,
+                     "seed": 0},
 }
 
-_MODEL_KEYS = {"name": "", "label": None, "display_name": None, "params": {}, "timeout_s": 600.0}
+_MODEL_KEYS: dict[str, Any] = {
+    "name": "", "label": None, "display_name": None, "params": {}, "timeout_s": 600.0,
+}
 
 _SLUG = re.compile(r"^[a-z0-9]+$")
 
@@ -214,6 +227,20 @@ def resolve_config(
         raise ConfigError(f"{source}: [metrics] threshold_deg must be in (0, 90]")
     if resolved["fod"]["sh_order_max"] % 2 or resolved["fod"]["sh_order_max"] < 2:
         raise ConfigError(f"{source}: [fod] sh_order_max must be an even number >= 2")
+    sizes = resolved["crossscale"]["voxel_sizes_um"]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+               for v in sizes):
+        raise ConfigError(
+            f"{source}: [crossscale] voxel_sizes_um = {sizes!r} must be positive numbers (um)"
+        )
+    resolved["crossscale"]["voxel_sizes_um"] = [float(v) for v in sizes]
+    reg = resolved["registration"]
+    if reg["perturbations"] < 0:
+        raise ConfigError(f"{source}: [registration] perturbations = {reg['perturbations']} "
+                          "must be >= 0 (0 = off)")
+    for key in ("rotation_deg", "translation_um"):
+        if not (np.isfinite(reg[key]) and reg[key] >= 0):
+            raise ConfigError(f"{source}: [registration] {key} = {reg[key]!r} must be >= 0")
     return resolved
 
 

@@ -29,6 +29,7 @@ import pandas as pd
 from validation import __version__
 from validation.cases import CaseData, MicroscopyInput, derive_seed, iter_cases
 from validation.config import dumps_config, resolve_config
+from validation.crossscale import crossscale_table, crossscale_voxels
 from validation.errors import UserError
 from validation.progress import Progress
 from validation.rundir import SCHEMA_VERSION, RunDirectory, to_jsonable
@@ -63,6 +64,10 @@ class RunResult:
     config: dict[str, Any]
     provenance: dict[str, Any]
     tasks: dict[str, Any] = field(default_factory=dict)
+    #: crossscale.csv (empty when the run compared no microscopy levels)
+    crossscale: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: registration.csv (empty without perturbations or landmarks)
+    registration: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def score(self, model: str, metric: str, statistic: str = "median", *, case: str = "all",
               region: str = "all") -> float:
@@ -198,8 +203,13 @@ IN_MEMORY_VOXELS = 64 * 2**20
 
 
 def _microscopy_orientation(level: MicroscopyInput, case: CaseData, cfg: dict[str, Any],
-                            jobs: int, timer: _Timer) -> tuple[Any, dict[str, Any]]:
-    """Structure-tensor orientations of one microscopy level, projected to the dMRI grid."""
+                            jobs: int, timer: _Timer) -> tuple[Any, dict[str, Any], Any]:
+    """Structure-tensor orientations of one microscopy level, projected to the dMRI grid.
+
+    Returns the FOD, a summary for models.json and a function ``affine -> FOD`` that
+    projects the same orientations through another voxel -> dMRI affine (registration
+    uncertainty; the structure tensor is not recomputed for in-memory levels).
+    """
     from validation.fod import microscopy_fod
     from validation.orientation import structure_tensor_orientation
 
@@ -220,20 +230,27 @@ def _microscopy_orientation(level: MicroscopyInput, case: CaseData, cfg: dict[st
         st = structure_tensor_orientation(
             volume, sigma=sigma_um, rho=rho_um, spacing=spacing, truncate=ocfg["truncate"]
         )
-    with timer(f"{key}/microscopy_fod"):
-        fod = microscopy_fod(
+
+    def project(affine: np.ndarray) -> Any:
+        return microscopy_fod(
             st.vectors,
             st.anisotropy,
-            microscopy_affine=level.voxel_to_dmri,
+            microscopy_affine=affine,
             spacing=np.asarray(spacing) / 1000.0,
             grid_shape=case.grid_shape,
             grid_affine=case.grid_affine,
             sh_order_max=cfg["fod"]["sh_order_max"],
             mask=mask,
         )
+
+    with timer(f"{key}/microscopy_fod"):
+        fod = project(level.voxel_to_dmri)
     info = {"level": level.name, "voxel_size_um": list(spacing), "sigma_um": sigma_um,
             "rho_um": rho_um, "shape": [int(n) for n in volume.shape]}
-    return fod, info
+    if level.alignment is not None:
+        info["landmarks"] = {"transform": level.alignment.kind,
+                             **level.alignment.summary()}
+    return fod, info, project
 
 
 def _write_derivatives(rd: RunDirectory, case_id: str, label: str, grid: Any,
@@ -289,7 +306,7 @@ def _report_data(truth: Any, sources: dict[str, tuple[np.ndarray, np.ndarray | N
     for label, (_, sh) in sources.items():
         if sh is not None:
             arrays[f"odf_{label}"] = np.asarray(sh)[tuple(voxels.T)] @ basis.T
-    np.savez_compressed(rd.file(f"report_data/glyphs_{case_id}.npz"), **arrays)
+    np.savez_compressed(rd.file(f"report_data/glyphs_{case_id}.npz"), **arrays)  # type: ignore[arg-type]
 
     axis = 2
     index = int(mask.shape[axis] // 2)
@@ -392,6 +409,9 @@ def run(
         tract_rows: list[dict[str, Any]] = []
         failures: list[dict[str, Any]] = []
         case_rows: list[dict[str, Any]] = []
+        crossscale_frames: list[pd.DataFrame] = []
+        perturbed_tables: list[pd.DataFrame] = []
+        registration_rows: list[tuple[Any, ...]] = []
         input_hashes: dict[str, str] = {}
         seeds: dict[str, int] = {}
         micro_info: dict[str, Any] = {}
@@ -417,11 +437,15 @@ def run(
             bar.update()
 
             sources: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+            level_fods: dict[str, Any] = {}
+            projections: list[tuple[MicroscopyInput, str, Any]] = []
             truth = case.truth
             for index, level in enumerate(case.microscopy):
                 label = _source_label(index, level, len(case.microscopy))
                 bar.set_description(f"{case_id}: microscopy {level.name}")
-                fod, info = _microscopy_orientation(level, case, cfg, jobs, timer)
+                fod, info, project = _microscopy_orientation(level, case, cfg, jobs, timer)
+                level_fods[level.name] = fod
+                projections.append((level, label, project))
                 micro_info.setdefault(label, {})[case_id] = info
                 reference_sources[label] = {"label": label, "name": "structure-tensor",
                                             "display_name": f"Microscopy ({level.name})"
@@ -438,6 +462,16 @@ def run(
                     f"case {case_id}: nothing to score against: the dataset has neither "
                     "[truth] nor a [[microscopy]] level"
                 )
+            if cfg["crossscale"]["enabled"] and len(level_fods) >= 2:
+                with timer(f"{case_id}/crossscale"):
+                    crossscale_frames.append(crossscale_voxels(
+                        case_id, level_fods, mask=np.asarray(truth.mask, bool),
+                        threshold_deg=threshold, sphere=sphere))
+            for level, _, _ in projections:
+                if level.alignment is not None:
+                    for name, value in level.alignment.summary().items():
+                        registration_rows.append((case_id, level.name, "landmarks",
+                                                  f"landmark_{name}", "value", value))
 
             for mspec in model_specs:
                 bar.set_description(f"{case_id}: {mspec.label}")
@@ -482,6 +516,11 @@ def run(
                     voxel_tables.append(table)
                     _write_derivatives(rd, case_id, label, case.grid, peaks, sh, sh_order_max)
                 _report_data(truth, sources, case_id, rd)
+            if int(cfg["registration"]["perturbations"]) > 0 and projections:
+                with timer(f"{case_id}/registration"):
+                    perturbed_tables.extend(_registration_perturbations(
+                        cfg, case, truth, sources, projections, threshold=threshold,
+                        sphere=sphere))
             tract_rows.extend(_tractography(cfg, case, truth, sources, run_seed, timer, rd))
             bar.update()
         bar.close()
@@ -506,6 +545,20 @@ def run(
         rd.write_csv("voxels.csv.gz", voxels)
         rd.write_csv("tractography.csv", tractography)
         rd.write_json("tasks.json", tasks)
+        if crossscale_frames:
+            cs_voxels = pd.concat(crossscale_frames, ignore_index=True)
+            rd.write_csv("crossscale.csv", crossscale_table(
+                cs_voxels, n_boot=int(cfg["metrics"]["n_boot"]), seed=run_seed))
+        if perturbed_tables or registration_rows:
+            from validation.uncertainty import REGISTRATION_COLUMNS, registration_spread
+
+            main = [m for m in VOXEL_METRICS if metrics.TASKS.get(m, {}).get("main")]
+            spread = registration_spread(
+                voxels, pd.concat(perturbed_tables, ignore_index=True)
+                if perturbed_tables else pd.DataFrame(), metrics=main)
+            landmark_rows = pd.DataFrame(registration_rows, columns=list(REGISTRATION_COLUMNS))
+            rd.write_csv("registration.csv", pd.concat(
+                [t for t in (spread, landmark_rows) if len(t)], ignore_index=True))
         rd.write_json("failures.json", failures)
         models_json = [model_meta[m.label] for m in model_specs]
         for label, meta in reference_sources.items():
@@ -521,6 +574,7 @@ def run(
             "command": " ".join(sys.argv),
             "data": cfg["data"],
             "seeds": {"run": run_seed, **seeds},
+            "registration": dict(cfg["registration"]),
             "input_hashes": input_hashes,
             "jobs": jobs,
             "started": started,
@@ -535,6 +589,57 @@ def run(
                 reports.build_report(rd.path)
         log.info("run written in %.1f s", sum(timer.timings.values()))
     return load_run(final)
+
+
+def _registration_perturbations(
+    cfg: dict[str, Any], case: CaseData, truth: Any,
+    sources: dict[str, tuple[np.ndarray, np.ndarray | None]],
+    projections: list[tuple[MicroscopyInput, str, Any]], *, threshold: float, sphere: Any,
+) -> list[pd.DataFrame]:
+    """Per-voxel scores of one case under each registration perturbation.
+
+    Every microscopy level is re-placed through its own perturbed affine (landmark refits
+    when the level has landmarks, else random rigid draws) and its FOD re-projected.
+    Phantoms (a truth of their own): the microscopy sources are rescored. Real data (the
+    reference is the first level's FOD): the reference moves and every other source is
+    rescored against it. Model fits are reused.
+    """
+    from validation.uncertainty import landmark_perturbations, perturbed_affines
+
+    reg = cfg["registration"]
+    n = int(reg["perturbations"])
+    affines: dict[str, list[np.ndarray]] = {}
+    for level, _, _ in projections:
+        seed = derive_seed(int(reg["seed"]), case.case_id, level.name, "registration")
+        if level.alignment is not None and level.landmarks is not None:
+            affines[level.name] = landmark_perturbations(
+                level.voxel_to_dmri, level.alignment, level.landmarks, n=n, rng=seed)
+        else:
+            affines[level.name] = perturbed_affines(
+                level.voxel_to_dmri, tuple(level.volume.shape), n=n,
+                rotation_deg=float(reg["rotation_deg"]),
+                translation_mm=float(reg["translation_um"]) / 1000.0, rng=seed)
+    reference_moves = case.truth is None
+    tables = []
+    for k in range(n):
+        moved: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+        ref = truth
+        for index, (level, label, project) in enumerate(projections):
+            fod = project(affines[level.name][k])
+            if reference_moves and index == 0:
+                ref = _truth_from_microscopy(fod, case.fit_mask)
+                continue
+            moved[label] = (np.asarray(fod.peaks), np.asarray(fod.sh))
+        rescored = {**sources, **moved} if reference_moves else moved
+        mask = np.asarray(ref.mask, bool)
+        for label, (peaks, sh) in rescored.items():
+            values = score_source(ref, peaks, sh, threshold_deg=threshold, sphere=sphere)
+            table = pd.DataFrame({"case": case.case_id, "model": label, "perturbation": k,
+                                  "n_voxels": int(mask.sum())}, index=range(int(mask.sum())))
+            for name in VOXEL_METRICS:
+                table[name] = values[name]
+            tables.append(table)
+    return tables
 
 
 def _tractography(cfg: dict[str, Any], case: CaseData, truth: Any,
@@ -626,4 +731,6 @@ def load_run(path: str | Path) -> RunResult:
         provenance=provenance,
         tasks=json.loads((path / "tasks.json").read_text())
         if (path / "tasks.json").is_file() else {},
+        crossscale=_csv("crossscale.csv"),
+        registration=_csv("registration.csv"),
     )
