@@ -25,7 +25,13 @@ from metrics.peaks import (
     peak_detection_summary,
     peak_voxel_metrics,
 )
-from metrics.stats import STATISTICS, TASKS, bootstrap_ci, score_table
+from metrics.stats import (
+    STATISTICS,
+    TASKS,
+    bootstrap_ci,
+    score_table,
+    score_table_by_condition,
+)
 from metrics.tractography import (
     BundleDefinition,
     BundleScore,
@@ -53,6 +59,7 @@ __all__ = [
     "TASKS",
     "STATISTICS",
     "score_table",
+    "score_table_by_condition",
     "bootstrap_ci",
     "tractometer",
     "TractometerResult",

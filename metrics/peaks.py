@@ -3,16 +3,17 @@
 Matching follows design.md: among reference/estimate pairs with axial angle
 ``theta <= tau``, take the largest number of one-to-one matches and, among those, the
 smallest total angle. For up to ``_MAX_TABLE_PEAKS`` peaks per voxel this is solved for
-all voxels at once: every permutation of ``n = max(K, L)`` slots is scored with one
-matrix product (a permutation's matches are its within-threshold pairs; any partial
-one-to-one matching extends to a permutation with at least those matches, so the best
-permutation is the best matching). Larger K falls back to
+all voxels at once: every permutation of ``n = max(K, L)`` slots is scored from a small
+table of pair gains (a permutation's matches are its within-threshold pairs; any
+partial one-to-one matching extends to a permutation with at least those matches, so
+the best permutation is the best matching). Larger K falls back to
 ``scipy.optimize.linear_sum_assignment`` per voxel.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from functools import cache
 
@@ -24,7 +25,7 @@ from metrics.errors import MetricInputError
 
 #: up to this many peaks per voxel (reference or estimate) the permutation tables are used
 _MAX_TABLE_PEAKS = 6
-#: voxels per block of the vectorised matcher (bounds memory at ~100 MB for K = 6)
+#: voxels per block of the vectorised matcher (fewer for K > 4: at most ~32 MB of scores)
 _BLOCK = 1 << 15
 #: a within-threshold match is worth this much more than any sum of angles (<= 90 * 6)
 _MATCH_BONUS = 1000.0
@@ -68,22 +69,26 @@ def _check_peaks(arr, name: str) -> np.ndarray:
     arr = as_float_array(arr, name)
     if arr.ndim < 2 or arr.shape[-1] != 3:
         raise MetricInputError(f"{name} has shape {arr.shape}; expected (..., K, 3) peaks")
-    if not np.all(np.isfinite(arr)):
-        n_bad = int(np.count_nonzero(~np.all(np.isfinite(arr), axis=(-2, -1))))
-        raise MetricInputError(
-            f"{name} has NaN or infinite peaks in {n_bad} voxel(s); use zero rows for absent peaks"
-        )
+    # one cheap reduction; the exact count only when it is not finite
+    if arr.size and not np.isfinite(np.add.reduce(arr, axis=None, dtype=np.float64)):
+        bad = ~np.all(np.isfinite(arr), axis=(-2, -1))
+        if bad.any():
+            raise MetricInputError(
+                f"{name} has NaN or infinite peaks in {int(bad.sum())} voxel(s); use zero "
+                "rows for absent peaks"
+            )
     return arr
 
 
 @cache
-def _permutation_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Permutations of ``n`` slots, ``(P, n)``, and their pair-incidence matrix ``(n*n, P)``."""
+def _permutation_tables(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Permutations of ``n`` slots ``(P, n)``, their flat pair indices ``i * n + perm[i]``
+    ``(P, n)`` and the pair-incidence matrix ``(n * n, P)``."""
     perms = np.array(list(itertools.permutations(range(n))), dtype=np.int64).reshape(-1, n)
+    pair_index = np.arange(n)[None, :] * n + perms
     incidence = np.zeros((n * n, len(perms)), dtype=np.float64)
-    rows = np.arange(n)[None, :] * n + perms  # flat (i, perm[i]) index
-    incidence[rows, np.arange(len(perms))[:, None]] = 1.0
-    return perms, incidence
+    incidence[pair_index, np.arange(len(perms))[:, None]] = 1.0
+    return perms, pair_index, incidence
 
 
 def _components(peaks: np.ndarray):
@@ -96,6 +101,23 @@ def _components(peaks: np.ndarray):
     return x * inv, y * inv, z * inv, present
 
 
+def _solve(ref: np.ndarray, est: np.ndarray, tau: float):
+    """Match (V, K, 3) against (V, L, 3) block by block: assignment, errors, presence."""
+    n_vox, k, m = ref.shape[0], ref.shape[1], est.shape[1]
+    n = max(k, m)
+    assignment = np.empty((n_vox, k), dtype=np.int64)
+    errors = np.empty((n_vox, k), dtype=np.float64)
+    r_present = np.empty((n_vox, k), dtype=bool)
+    e_present = np.empty((n_vox, m), dtype=bool)
+    block = min(_BLOCK, max(1024, (1 << 22) // math.factorial(n)))
+    for start in range(0, n_vox, block):
+        sl = slice(start, start + block)
+        assignment[sl], errors[sl], r_present[sl], e_present[sl] = _match_block(
+            ref[sl], est[sl], tau, n
+        )
+    return assignment, errors, r_present, e_present
+
+
 def _match_block(ref: np.ndarray, est: np.ndarray, tau: float, n: int):
     """Assignment (V, K) (-1 = unmatched) and errors (V, K) for one block of voxels."""
     rx, ry, rz, r_present = _components(ref)
@@ -106,7 +128,7 @@ def _match_block(ref: np.ndarray, est: np.ndarray, tau: float, n: int):
     np.abs(cos, out=cos)
     np.minimum(cos, 1.0, out=cos)
     # arccos is coarse (~1e-6 deg) only near 0 deg, where it cannot change a threshold
-    # decision; the reported errors are recomputed with arctan2 below
+    # decision; the reported errors below 1 deg are recomputed with arctan2
     theta = np.arccos(cos, out=cos)
     theta *= 180.0 / np.pi
     valid = theta <= tau
@@ -118,22 +140,25 @@ def _match_block(ref: np.ndarray, est: np.ndarray, tau: float, n: int):
         assign = _match_block_lsa(theta, valid)
     matched = assign >= 0
     slot = np.maximum(assign, 0)
-    px, py, pz = (np.take_along_axis(c, slot, axis=1) for c in (ex, ey, ez))
-    cx = ry * pz - rz * py
-    cy = rz * px - rx * pz
-    cz = rx * py - ry * px
-    sin = np.sqrt(cx * cx + cy * cy + cz * cz)
-    dot = np.abs(rx * px + ry * py + rz * pz)
-    err = np.degrees(np.arctan2(sin, dot))
+    err = np.take_along_axis(theta, slot[:, :, None], axis=2)[:, :, 0]
     err[~matched] = np.nan
-    return assign, err
+    # arccos loses digits below ~1 deg: recompute those angles as arctan2(|a x b|, |a . b|)
+    v, r = np.nonzero(matched & (err < 1.0))
+    if v.size:
+        a = np.stack([rx[v, r], ry[v, r], rz[v, r]], axis=1)
+        e = slot[v, r]
+        b = np.stack([ex[v, e], ey[v, e], ez[v, e]], axis=1)
+        cross = np.cross(a, b)
+        sin = np.sqrt(np.einsum("ij,ij->i", cross, cross))
+        err[v, r] = np.degrees(np.arctan2(sin, np.abs(np.einsum("ij,ij->i", a, b))))
+    return assign, err, r_present, e_present
 
 
 def _match_block_table(theta: np.ndarray, valid: np.ndarray, n: int) -> np.ndarray:
     """Best assignment (V, K) for a block, with the permutation tables; -1 = unmatched."""
     n_vox, k, m = theta.shape
     gain = np.subtract(_MATCH_BONUS, theta)
-    gain[~valid] = 0.0
+    gain *= valid
     if k == m == n:
         score = gain
         padded_valid = valid
@@ -142,8 +167,15 @@ def _match_block_table(theta: np.ndarray, valid: np.ndarray, n: int) -> np.ndarr
         score[:, :k, :m] = gain
         padded_valid = np.zeros((n_vox, k, n), dtype=bool)
         padded_valid[:, :, :m] = valid
-    perms, incidence = _permutation_tables(n)
-    best = np.argmax(score.reshape(n_vox, n * n) @ incidence, axis=1)
+    perms, pair_index, incidence = _permutation_tables(n)
+    flat = score.reshape(n_vox, n * n)
+    if n <= 3:  # total gain of every permutation: n gathers of (V, P) beat a BLAS call
+        total = flat[:, pair_index[:, 0]]
+        for i in range(1, n):
+            total += flat[:, pair_index[:, i]]
+    else:  # (V, n^2) @ (n^2, P): P = 24, 120, 720 permutations
+        total = flat @ incidence
+    best = np.argmax(total, axis=1)
     chosen = perms[best, :k]  # (V, K) estimate slot for each reference peak
     ok = np.take_along_axis(padded_valid, chosen[:, :, None], axis=2)[:, :, 0]
     return np.where(ok, chosen, -1)
@@ -214,22 +246,41 @@ def match_peaks(reference, estimate, *, threshold_deg: float = 25.0) -> PeakMatc
     ref2 = ref.reshape(-1, k, 3)
     est2 = est.reshape(-1, m, 3)
     n_vox = ref2.shape[0]
-    ref_present = np.any(ref2 != 0, axis=-1)
-    est_present = np.any(est2 != 0, axis=-1)
-    n_ref = ref_present.sum(axis=1).astype(np.int64)
-    n_est = est_present.sum(axis=1).astype(np.int64)
-
     assignment = np.full((n_vox, k), -1, dtype=np.int64)
     errors = np.full((n_vox, k), np.nan, dtype=np.float64)
+    n_ref = np.zeros(n_vox, dtype=np.int64)
+    n_est = np.zeros(n_vox, dtype=np.int64)
     n = max(k, m)
-    if k > 0 and m > 0:
-        # only voxels with at least one peak on each side can have matches
-        candidates = np.flatnonzero((n_ref > 0) & (n_est > 0))
-        for start in range(0, len(candidates), _BLOCK):
-            idx = candidates[start : start + _BLOCK]
-            assign, err = _match_block(ref2[idx], est2[idx], tau, n)
-            assignment[idx] = assign
-            errors[idx] = err
+    if k > 0 and m > 0 and n <= 3:
+        assign, err, r_present, e_present = _solve(ref2, est2, tau)
+        assignment[:], errors[:] = assign, err
+        n_ref[:] = r_present.sum(axis=1)
+        n_est[:] = e_present.sum(axis=1)
+    elif k > 0 and m > 0:
+        # move present peaks to the front and solve each voxel with the smallest table
+        # that holds its peaks (most voxels have far fewer peaks than slots)
+        r_present = np.any(ref2 != 0, axis=-1)
+        e_present = np.any(est2 != 0, axis=-1)
+        n_ref[:] = r_present.sum(axis=1)
+        n_est[:] = e_present.sum(axis=1)
+        order_r = np.argsort(~r_present, axis=1, kind="stable")
+        order_e = np.argsort(~e_present, axis=1, kind="stable")
+        size = np.maximum(n_ref, n_est)
+        for g in range(1, n + 1):
+            vox = np.flatnonzero(size == g)
+            if vox.size == 0:
+                continue
+            rows_r = order_r[vox, : min(g, k)]
+            rows_e = order_e[vox, : min(g, m)]
+            sub_r = np.take_along_axis(ref2[vox], rows_r[:, :, None], axis=1)
+            sub_e = np.take_along_axis(est2[vox], rows_e[:, :, None], axis=1)
+            assign, err, _, _ = _solve(sub_r, sub_e, tau)
+            original = np.take_along_axis(rows_e, np.maximum(assign, 0), axis=1)
+            assignment[vox[:, None], rows_r] = np.where(assign >= 0, original, -1)
+            errors[vox[:, None], rows_r] = err
+    else:
+        n_ref[:] = np.any(ref2 != 0, axis=-1).sum(axis=1)
+        n_est[:] = np.any(est2 != 0, axis=-1).sum(axis=1)
 
     tp = (assignment >= 0).sum(axis=1).astype(np.int64)
     return PeakMatch(

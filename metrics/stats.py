@@ -145,7 +145,7 @@ TASKS: dict[str, dict] = {
 STATISTICS = ("median", "mean", "iqr_low", "iqr_high", "n", "n_undefined", "rank")
 COLUMNS = ["case", "region", "model", "metric", "statistic", "value", "ci_low", "ci_high"]
 #: largest n * n_boot for which the bootstrap of the mean resamples explicitly
-_EXACT_MEAN_LIMIT = 1 << 24
+_EXACT_MEAN_LIMIT = 1 << 20
 
 
 def _group_rng(seed: int, *names: str) -> np.random.Generator:
@@ -162,7 +162,7 @@ def bootstrap_ci(values, *, n_boot: int = 1000, rng=None, level: float = 0.95):
     - median: the k-th smallest of n resampled values is ``x_(ceil(n U))`` with
       ``U ~ Beta(k, n + 1 - k)`` (the k-th order statistic of n uniforms); for even n
       the next order statistic is ``U + (1 - U) Beta(1, n - k)``. Exact, O(n_boot).
-    - mean: explicit resampling while ``n * n_boot <= 2**24``; beyond that the
+    - mean: explicit resampling while ``n * n_boot <= 2**20``; beyond that the
       bootstrap distribution of the mean is drawn from its normal limit
       ``N(mean, var / n)`` (var with ddof=0, the variance of the empirical
       distribution), whose error is far below the Monte-Carlo error at such n.
@@ -210,7 +210,7 @@ def bootstrap_ci(values, *, n_boot: int = 1000, rng=None, level: float = 0.95):
         medians = 0.5 * (x[order_index(u_k)] + x[order_index(u_next)])
 
     if n * n_boot <= _EXACT_MEAN_LIMIT:
-        means = x[gen.integers(0, n, size=(n_boot, n))].mean(axis=1)
+        means = x[gen.integers(0, n, size=(n_boot, n), dtype=np.int32)].mean(axis=1)
     else:
         means = gen.normal(x.mean(), x.std() / np.sqrt(n), size=n_boot)
     tail = (1.0 - level) / 2.0 * 100.0
@@ -283,27 +283,33 @@ def score_table(
         if not pd.api.types.is_numeric_dtype(voxels[m]):
             raise MetricInputError(f"metric column {m!r} is not numeric ({voxels[m].dtype})")
 
-    rows: list[tuple] = []
-    case_values = voxels["case"].astype(str)
-    region_values = voxels["region"].astype(str)
-    models = list(dict.fromkeys(voxels["model"].astype(str)))
-    cases = list(dict.fromkeys(case_values)) + ["all"]
-    model_values = voxels["model"].astype(str)
-    for case in cases:
-        in_case = np.ones(len(voxels), bool) if case == "all" else (case_values == case).to_numpy()
+    rows: list[list] = []
+    case_codes, case_names = pd.factorize(voxels["case"].astype(str))
+    model_codes, model_names = pd.factorize(voxels["model"].astype(str))
+    region_values = voxels["region"].astype(str).to_numpy()
+    columns = {m: voxels[m].to_numpy(dtype=np.float64) for m in metrics}
+    nan = float("nan")
+    for case_index, case in enumerate([*case_names, "all"]):
+        in_case = np.ones(len(voxels), bool) if case == "all" else case_codes == case_index
         for region in regions:
-            in_region = in_case
-            if region != "all":
-                in_region = in_case & (region_values == region).to_numpy()
+            in_region = in_case if region == "all" else in_case & (region_values == region)
+            # row indices of each model in this (case, region), in order of appearance
+            sel_codes = model_codes[in_region]
+            sel_rows = np.flatnonzero(in_region)
+            order = np.argsort(sel_codes, kind="stable")
+            bounds = np.searchsorted(sel_codes[order], np.arange(len(model_names) + 1))
+            groups = {
+                str(model_names[mi]): sel_rows[order[bounds[mi] : bounds[mi + 1]]]
+                for mi in range(len(model_names))
+                if bounds[mi + 1] > bounds[mi]
+            }
+            if not groups:
+                continue
             for metric in metrics:
-                column = voxels[metric].to_numpy(dtype=np.float64)
+                column = columns[metric]
                 medians: dict[str, float] = {}
-                group_rows: list[list] = []
-                for model in models:
-                    sel = in_region & (model_values == model).to_numpy()
-                    if not sel.any():
-                        continue
-                    values = column[sel]
+                for model, idx in groups.items():
+                    values = column[idx]
                     defined = values[np.isfinite(values)]
                     n_undef = int(values.size - defined.size)
                     if defined.size:
@@ -311,13 +317,12 @@ def score_table(
                         mean = float(defined.mean())
                         q25, q75 = (float(v) for v in np.percentile(defined, (25, 75)))
                     else:
-                        med = mean = q25 = q75 = float("nan")
+                        med = mean = q25 = q75 = nan
                     (ml, mh), (al, ah) = bootstrap_ci(
                         defined, n_boot=n_boot, rng=_group_rng(seed, case, region, model, metric)
                     )
                     medians[model] = med
-                    nan = float("nan")
-                    group_rows += [
+                    rows += [
                         [case, region, model, metric, "median", med, ml, mh],
                         [case, region, model, metric, "mean", mean, al, ah],
                         [case, region, model, metric, "iqr_low", q25, nan, nan],
@@ -325,18 +330,67 @@ def score_table(
                         [case, region, model, metric, "n", float(defined.size), nan, nan],
                         [case, region, model, metric, "n_undefined", float(n_undef), nan, nan],
                     ]
-                if not medians:
-                    continue
                 names = list(medians)
                 ranks = _rank(
                     np.array([medians[m] for m in names]), TASKS[metric]["higher_is_better"]
                 )
-                rank_of = dict(zip(names, ranks, strict=True))
-                nan = float("nan")
-                for model in names:
-                    group_rows.append(
-                        [case, region, model, metric, "rank", rank_of[model], nan, nan]
-                    )
-                rows.extend(tuple(r) for r in group_rows)
+                for model, rank in zip(names, ranks, strict=True):
+                    rows.append([case, region, model, metric, "rank", float(rank), nan, nan])
     table = pd.DataFrame(rows, columns=COLUMNS)
     return table
+
+
+def score_table_by_condition(
+    voxels,
+    cases,
+    *,
+    condition: str,
+    metrics: Sequence[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+    regions: Sequence[str] = ("all", "single", "crossing"),
+):
+    """Aggregate scores over all cases that share a value of one condition.
+
+    E.g. ``condition="crossing_angle_deg"`` pools the voxels of every case with a
+    45-degree crossing, of every case with 60 degrees, and so on.
+
+    Parameters
+    ----------
+    voxels : pandas.DataFrame
+        As for :func:`score_table`.
+    cases : pandas.DataFrame
+        cases.csv: a ``case`` column and one column per condition.
+    condition : str
+        The condition column to group by.
+    metrics, n_boot, seed, regions
+        As for :func:`score_table`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns condition, condition_value, region, model, metric, statistic, value,
+        ci_low, ci_high; ranks are within each condition value. Voxels of cases missing
+        from ``cases`` or with no value (NaN) for the condition are left out.
+    """
+    import pandas as pd
+
+    for column in ("case", condition):
+        if column not in cases.columns:
+            raise MetricInputError(f"cases table lacks the column {column!r}")
+    if "case" not in voxels.columns:
+        raise MetricInputError("voxels table lacks the column case")
+    lookup = {
+        str(case): (str(value) if pd.notna(value) else None)
+        for case, value in zip(cases["case"], cases[condition], strict=True)
+    }
+    values = voxels["case"].astype(str).map(lookup)
+    keep = values.notna().to_numpy()
+    pooled = voxels.loc[keep].copy()
+    pooled["case"] = values[keep].to_numpy()
+    if pooled.empty:
+        return pd.DataFrame(columns=["condition", "condition_value", *COLUMNS[1:]])
+    table = score_table(pooled, metrics=metrics, n_boot=n_boot, seed=seed, regions=regions)
+    table = table[table["case"] != "all"].rename(columns={"case": "condition_value"})
+    table.insert(0, "condition", condition)
+    return table.reset_index(drop=True)

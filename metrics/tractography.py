@@ -265,7 +265,7 @@ def _flatten_streamlines(streamlines) -> tuple[np.ndarray, np.ndarray, np.ndarra
             if s.ndim != 2 or s.shape[1] != 3:
                 raise MetricInputError(f"streamline {i} has shape {s.shape}; expected (n, 3)")
         lengths = np.array([len(s) for s in arrays], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        offsets = (np.cumsum(lengths) - lengths).astype(np.int64)
         points = np.concatenate(arrays) if arrays else np.zeros((0, 3))
     if points.ndim != 2 or (len(points) and points.shape[1] != 3):
         raise MetricInputError(f"streamline points have shape {points.shape}; expected (N, 3)")
@@ -495,7 +495,7 @@ def tractometer(
     ------
     MetricInputError
         No bundles, volumes of different shapes, an empty ground-truth mask, malformed
-        streamlines, more than 62 ROIs.
+        streamlines.
     """
     defs = [_as_definition(b) for b in bundles]
     if not defs:
@@ -520,11 +520,8 @@ def tractometer(
 
     points, offsets, lengths = _flatten_streamlines(streamlines)
     n = len(lengths)
-    n_b = len(defs)
-    if 2 * n_b > 62:
-        raise MetricInputError(f"{n_b} bundles give {2 * n_b} ROIs; at most 62 are supported")
 
-    # ROI membership of both ends, as bit sets (ROI 2 b = head of b, 2 b + 1 = its tail)
+    # ROI membership of both ends (ROI 2 b = head of bundle b, 2 b + 1 = its tail)
     rois = []
     for b in defs:
         for roi in (b.head, b.tail):
@@ -533,14 +530,11 @@ def tractometer(
             rois.append(roi.ravel())
     first = _flat_index(_voxel_of(points[offsets]), shape) if n else np.zeros(0, np.int64)
     last = _flat_index(_voxel_of(points[offsets + lengths - 1]), shape) if n else first
-    start_bits = np.zeros(n, dtype=np.int64)
-    end_bits = np.zeros(n, dtype=np.int64)
+    start_in = np.zeros((n, len(rois)), dtype=bool)
+    end_in = np.zeros((n, len(rois)), dtype=bool)
     for r, roi in enumerate(rois):
-        start_bits |= np.where(first >= 0, roi[np.maximum(first, 0)], False).astype(np.int64) << r
-        end_bits |= np.where(last >= 0, roi[np.maximum(last, 0)], False).astype(np.int64) << r
-
-    def has(bits, r):
-        return (bits >> r) & 1 == 1
+        start_in[:, r] = (first >= 0) & roi[np.maximum(first, 0)]
+        end_in[:, r] = (last >= 0) & roi[np.maximum(last, 0)]
 
     category = np.full(n, NC, dtype=np.int8)
     bundle_index = np.full(n, -1, dtype=np.int64)
@@ -552,7 +546,7 @@ def tractometer(
 
     for bi, b in enumerate(defs):
         h, t = 2 * bi, 2 * bi + 1
-        cand = (has(start_bits, h) & has(end_bits, t)) | (has(start_bits, t) & has(end_bits, h))
+        cand = (start_in[:, h] & end_in[:, t]) | (start_in[:, t] & end_in[:, h])
         cand &= category != VS  # valid for an earlier bundle: taken (scilpy --unique)
         if not cand.any():
             continue
@@ -578,8 +572,8 @@ def tractometer(
 
     # invalid connections: two different ROIs at the ends, forming no bundle
     roi_pair = np.full((n, 2), -1, dtype=np.int64)
-    rest = np.flatnonzero((category == NC) & (start_bits != 0) & (end_bits != 0))
-    pairs, is_ic = _roi_pairs(start_bits[rest], end_bits[rest])
+    rest = np.flatnonzero((category == NC) & start_in.any(axis=1) & end_in.any(axis=1))
+    pairs, is_ic = _roi_pairs(start_in[rest], end_in[rest])
     category[rest[is_ic]] = IC
     roi_pair[rest[is_ic]] = pairs[is_ic]
     roi_names = [f"{b.name}_{side}" for b in defs for side in ("head", "tail")]
@@ -600,31 +594,27 @@ def tractometer(
     )
 
 
-def _lowest_bit(bits: np.ndarray) -> np.ndarray:
-    """Index of the lowest set bit of each (non-zero) int64; -1 for 0."""
-    low = bits & -bits
-    out = np.full(bits.shape, -1, dtype=np.int64)
-    nz = low != 0
-    out[nz] = np.round(np.log2(low[nz].astype(np.float64))).astype(np.int64)
-    return out
-
-
 def _roi_pairs(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The ROI pair of each streamline end-bit set: the lowest ROI at each end; when that
-    is one ROI at both ends, the next ROI at either end (the smaller pair). Returns
-    pairs (n, 2) sorted within rows and whether a pair of two different ROIs exists."""
-    ls, le = _lowest_bit(start), _lowest_bit(end)
+    """The ROI pair of each streamline from its ends' ROI memberships (n, R), each row
+    with at least one ROI: the lowest ROI at each end; when that is one ROI at both
+    ends, the next ROI at either end (the smaller pair). Returns pairs (n, 2) sorted
+    within rows and whether a pair of two different ROIs exists."""
+    ls = np.argmax(start, axis=1)
+    le = np.argmax(end, axis=1)
     pair = np.stack([np.minimum(ls, le), np.maximum(ls, le)], axis=1)
     ok = ls != le
-    same = ~ok
-    if same.any():
-        s2 = _lowest_bit(start[same] & ~(np.int64(1) << ls[same]))
-        e2 = _lowest_bit(end[same] & ~(np.int64(1) << le[same]))
-        big = np.iinfo(np.int64).max
-        alt_s = np.where(s2 >= 0, s2, big)  # pair (ls, s2) via the start's next ROI
-        alt_e = np.where(e2 >= 0, e2, big)
+    same = np.flatnonzero(~ok)
+    if same.size:
+        rows = np.arange(same.size)
+        s_rest = start[same].copy()
+        e_rest = end[same].copy()
+        s_rest[rows, ls[same]] = False
+        e_rest[rows, le[same]] = False
+        big = start.shape[1]
+        alt_s = np.where(s_rest.any(axis=1), np.argmax(s_rest, axis=1), big)
+        alt_e = np.where(e_rest.any(axis=1), np.argmax(e_rest, axis=1), big)
         other = np.minimum(alt_s, alt_e)
-        found = other != big
+        found = other < big
         sub = np.stack([np.minimum(ls[same], other), np.maximum(ls[same], other)], axis=1)
         pair[same] = np.where(found[:, None], sub, -1)
         ok[same] = found
@@ -705,24 +695,42 @@ def streamline_field_angle(streamlines, field) -> np.ndarray:
         )
     if not np.all(np.isfinite(f)):
         raise MetricInputError("field contains NaN or infinite values")
-    shape = f.shape[:3]
     points, offsets, lengths = _flatten_streamlines(streamlines)
-    n = len(lengths)
-    seg = _segment_index(offsets, lengths)
-    d = points[seg + 1] - points[seg]
-    seg_len = np.sqrt(np.einsum("ij,ij->i", d, d))
-    flat = _flat_index(_voxel_of(0.5 * (points[seg] + points[seg + 1])), shape)
-    owner = np.repeat(np.arange(n), lengths)[seg]
-    use = (flat >= 0) & (seg_len > 0)
-    peaks = f.reshape(-1, f.shape[3], 3)[flat[use]].astype(np.float64)  # (M, K, 3)
-    du = d[use] / seg_len[use, None]
-    norms = np.linalg.norm(peaks, axis=-1)
-    cos = np.abs(np.einsum("mkc,mc->mk", peaks, du)) / np.where(norms > 0, norms, 1.0)
-    cos = np.where(norms > 0, cos, -1.0).max(axis=1)
-    present = cos >= 0
-    theta = np.degrees(np.arccos(np.clip(cos, 0.0, 1.0)))
-    w = seg_len[use] * present
-    num = np.bincount(owner[use], weights=np.where(present, theta, 0.0) * w, minlength=n)
-    den = np.bincount(owner[use], weights=w, minlength=n)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    out = np.full(len(lengths), np.nan)
+    _field_angles(points, offsets, lengths, np.ascontiguousarray(f, dtype=np.float64), out)
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _field_angles(points, offsets, lengths, field, out):  # pragma: no cover - compiled
+    nx, ny, nz, n_peaks = field.shape[0], field.shape[1], field.shape[2], field.shape[3]
+    for s in numba.prange(len(offsets)):
+        num = 0.0
+        den = 0.0
+        for p in range(offsets[s], offsets[s] + lengths[s] - 1):
+            dx = points[p + 1, 0] - points[p, 0]
+            dy = points[p + 1, 1] - points[p, 1]
+            dz = points[p + 1, 2] - points[p, 2]
+            seg_len = np.sqrt(dx * dx + dy * dy + dz * dz)
+            if seg_len == 0.0:
+                continue
+            i = np.int64(np.floor(0.5 * (points[p, 0] + points[p + 1, 0]) + 0.5))
+            j = np.int64(np.floor(0.5 * (points[p, 1] + points[p + 1, 1]) + 0.5))
+            k = np.int64(np.floor(0.5 * (points[p, 2] + points[p + 1, 2]) + 0.5))
+            if not (0 <= i < nx and 0 <= j < ny and 0 <= k < nz):
+                continue
+            best = -1.0
+            for q in range(n_peaks):
+                vx = field[i, j, k, q, 0]
+                vy = field[i, j, k, q, 1]
+                vz = field[i, j, k, q, 2]
+                norm = np.sqrt(vx * vx + vy * vy + vz * vz)
+                if norm > 0.0:
+                    cos = abs(vx * dx + vy * dy + vz * dz) / (norm * seg_len)
+                    best = max(best, min(cos, 1.0))
+            if best < 0.0:
+                continue
+            num += seg_len * np.degrees(np.arccos(best))
+            den += seg_len
+        if den > 0.0:
+            out[s] = num / den

@@ -164,3 +164,16 @@ def test_truth_config_errors_and_endpoints(tmp_path, capsys):
     assert head.sum() == 2 and tail.sum() == 2 and head[0, 1, 0] and tail[9, 1, 0]
     with pytest.raises(FileNotFoundError):
         read_truth_bundles(tmp_path / "nowhere")
+
+
+def test_fod_peak_sidecar_is_read_as_peaks(tmp_path):
+    # 5 peaks in MRtrix layout = 15 volumes, also an SH size: the sidecar decides
+    peaks = np.zeros((2, 1, 1, 5, 3))
+    peaks[..., 0, :] = [0, 0, 1]
+    save_nifti(tmp_path / "p.nii.gz", peaks.reshape(2, 1, 1, 15), np.eye(4),
+               {"frame": "ijk", "Reference": "ijk", "unit_vectors": True, "n_peaks": 5})
+    m = read_orientation_map(tmp_path / "p.nii.gz")
+    assert m.kind == "peaks" and m.data.shape == (2, 1, 1, 5, 3)
+    save_nifti(tmp_path / "q.nii.gz", peaks.reshape(2, 1, 1, 15), np.eye(4))
+    assert read_orientation_map(tmp_path / "q.nii.gz").kind == "sh"  # no sidecar: SH
+    assert read_orientation_map(tmp_path / "q.nii.gz", kind="peaks").kind == "peaks"

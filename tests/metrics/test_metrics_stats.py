@@ -120,3 +120,20 @@ def test_bootstrap_large_n_mean_is_normal_limit():
     assert lo == pytest.approx(x.mean() - half, abs=0.1 * half)
     assert hi == pytest.approx(x.mean() + half, abs=0.1 * half)
     assert bootstrap_ci([], n_boot=10)[0][0] != bootstrap_ci([], n_boot=10)[0][0]  # NaN
+
+
+def test_score_table_by_condition():
+    from metrics import score_table_by_condition
+
+    cases = pd.DataFrame({"case": ["c1", "c2"], "crossing_angle_deg": [45, 60]})
+    df = _table()
+    df = pd.concat([df, df.assign(case="c3")])  # c3 has no conditions row: left out
+    t = score_table_by_condition(df, cases, condition="crossing_angle_deg",
+                                 metrics=["peak_angular_error_deg"], n_boot=50)
+    assert list(t.columns[:2]) == ["condition", "condition_value"]
+    assert set(t.condition_value) == {"45", "60"}
+    row = t[(t.condition_value == "60") & (t.region == "single") & (t.model == "a")
+            & (t.statistic == "median")]
+    assert row.value.iloc[0] == 6.0  # c2, model a, single: errors 5 and 7
+    with pytest.raises(MetricInputError, match="lacks the column"):
+        score_table_by_condition(df, cases, condition="snr", metrics=["acc"])

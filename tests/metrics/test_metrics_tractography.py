@@ -181,3 +181,79 @@ def test_field_angle():
     assert np.isnan(outside[0])
     with pytest.raises(MetricInputError, match="field has shape"):
         streamline_field_angle(sl, np.zeros((3, 3, 3, 2)))
+
+
+def test_empty_and_degenerate_tractograms():
+    r = tractometer([], _bundles())
+    assert r.n_streamlines == 0 and np.isnan(r.to_dict()["vs"])
+    assert r.bundles[0].fn == 8 and r.bundles[0].f1 == 0.0
+    # a single point in a head ROI (both ends in one ROI) and a streamline off the grid
+    r = tractometer([_sl((0, 0)), _sl((20, 20), (30, 20))], _bundles())
+    np.testing.assert_array_equal(r.category, [NC, NC])
+    assert streamline_field_angle([], np.zeros(SHAPE + (3,))).shape == (0,)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_tractometer_invariants(seed):
+    rng = np.random.default_rng(seed)
+    shape = (10, 10, 3)
+    vol = np.zeros(shape, bool)
+    heads = [vol.copy(), vol.copy()]
+    tails = [vol.copy(), vol.copy()]
+    heads[0][0:2, 0:3] = True
+    tails[0][8:10, 0:3] = True
+    heads[1][0:2, 6:10] = True
+    tails[1][8:10, 6:10] = True
+    masks = [np.zeros(shape, bool), np.zeros(shape, bool)]
+    masks[0][:, 0:4] = True
+    masks[1][:, 5:10] = True
+    bundles = [BundleDefinition(f"b{i}", heads[i], tails[i], masks[i], length_mm=(5, 30))
+               for i in range(2)]
+    lines = []
+    for _ in range(40):
+        n = int(rng.integers(2, 8))
+        start = rng.uniform([-0.4, -0.4, 0], [2, 9.4, 2])
+        end = rng.uniform([7.6, -0.4, 0], [9.4, 9.4, 2])
+        t = np.sort(rng.random(n))
+        t[0], t[-1] = 0.0, 1.0
+        bend = rng.normal(0, 0.3, (n, 3)) * (t * (1 - t))[:, None]
+        pts = start + t[:, None] * (end - start) + bend
+        lines.append(pts)
+    r = tractometer(lines, bundles)
+    counts = (r.vs_count, r.wpc_count, r.ic_count, r.nc_count)
+    assert r.vs_count + r.ic_count + r.nc_count == len(lines)  # WPC are inside NC
+    # reversing every streamline and shuffling their order changes nothing
+    order = rng.permutation(len(lines))
+    r2 = tractometer([lines[i][::-1] for i in order], bundles)
+    assert (r2.vs_count, r2.wpc_count, r2.ic_count, r2.nc_count) == counts
+    np.testing.assert_array_equal(r2.category, r.category[order])
+    for b1, b2 in zip(r.bundles, r2.bundles, strict=True):
+        assert (b1.tp, b1.fp, b1.vs) == (b2.tp, b2.fp, b2.vs)
+        assert 0.0 <= b1.ol <= 1.0 and 0.0 <= b1.or_vs <= 1.0 and 0.0 <= b1.f1 <= 1.0
+        # B is the union of its streamlines' voxels
+        mine = [lines[i] for i in np.flatnonzero((r.category == VS) & (r.bundle_index == 0))]
+        if b1.name == "b0" and mine:
+            union = streamline_voxel_mask(mine, shape)
+            assert b1.n_voxels_vs == union.sum()
+            assert b1.tp == (union & masks[0]).sum()
+
+
+def test_many_bundles():
+    # 40 bundles = 80 ROIs, one row each; one valid streamline per bundle, one IC
+    shape = (6, 40, 1)
+    bundles = []
+    for y in range(40):
+        head = np.zeros(shape, bool)
+        head[0, y, 0] = True
+        tail = np.zeros(shape, bool)
+        tail[5, y, 0] = True
+        mask = np.zeros(shape, bool)
+        mask[:, y, 0] = True
+        bundles.append(BundleDefinition(f"b{y}", head, tail, mask))
+    lines = [np.array([[0.0, y, 0], [5.0, y, 0]]) for y in range(40)]
+    lines.append(np.array([[0.0, 39, 0], [5.0, 0, 0]]))  # head of b39 to tail of b0
+    r = tractometer(lines, bundles)
+    assert r.vs_count == 40 and r.vb == 40 and r.ic_count == 1
+    assert r.invalid_bundles == {("b0_tail", "b39_head"): 1}
+    assert all(b.f1 == 1.0 for b in r.bundles)

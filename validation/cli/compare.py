@@ -81,8 +81,6 @@ def compare_maps(map_a, map_b, voxels: np.ndarray, *, threshold_deg: float = 25.
 
     idx = tuple(voxels.T)
     out: dict[str, np.ndarray] = {}
-    extract = {"npeaks": npeaks, "relative_peak_threshold": relative_peak_threshold,
-               "min_separation_deg": min_separation_deg}
     if map_a.kind == "sh" and map_b.kind == "sh":
         sh_a, sh_b = map_a.data[idx], map_b.data[idx]
         out["acc"] = metrics.acc(sh_a, sh_b)
@@ -97,7 +95,9 @@ def compare_maps(map_a, map_b, voxels: np.ndarray, *, threshold_deg: float = 25.
             peaks.append(m.data[idx])
         else:
             peaks.append(sh_to_peaks(m.data.reshape(-1, m.data.shape[-1]),
-                                     np.ravel_multi_index(idx, m.shape), **extract))
+                                     np.ravel_multi_index(idx, m.shape), npeaks=npeaks,
+                                     relative_peak_threshold=relative_peak_threshold,
+                                     min_separation_deg=min_separation_deg))
     out.update(metrics.peak_voxel_metrics(peaks[0], peaks[1], threshold_deg=threshold_deg))
     return out
 

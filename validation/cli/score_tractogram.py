@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{reference}: not on the truth grid of {truth.reference}")
     streamlines = load_streamlines(args.tractogram, reference)
     log.info("scoring %d streamlines against %d bundles", len(streamlines), len(truth.bundles))
-    result = metrics.tractometer(streamlines, truth.bundles, voxel_size=truth.voxel_size,
+    voxel_size = tuple(float(v) for v in truth.voxel_size)
+    result = metrics.tractometer(streamlines, truth.bundles, voxel_size=voxel_size,
                                  dilate_endpoints=args.dilate_endpoints)
     scores = result.to_dict()
     angles = None
@@ -102,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
         rows += [{"bundle": b["bundle"], "metric": k, "value": v}
                  for k, v in b.items() if k != "bundle"]
     summary = pd.DataFrame(rows)
-    print(summary[summary.bundle == "all"].to_string(index=False))
+    for key, value in scores.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        print(f"{key:>34}  {shown}")
     print(pd.DataFrame(result.bundle_rows()).to_string(index=False,
                                                        float_format=lambda v: f"{v:.4g}"))
     if out_path is not None:

@@ -9,9 +9,10 @@ BEP016-style ``OrientationEncoding`` ``{"Type": "sh" | "peaks" | "unit3vector" |
 "3vector", "SphericalHarmonicsBasis": "descoteaux07" | "tournier07" | "mrtrix3",
 "Legacy": bool, "SphericalHarmonicsDegree": int, "Reference": "ijk" | "xyz"}`` or the
 flat keys ``sh_basis``, ``legacy``, ``sh_order_max``, ``frame`` (what ``xscale fod``
-writes). Without a sidecar: a 5-D ``(X, Y, Z, K, 3)`` image is peaks; a 4-D image whose
-last axis is an even-order SH size (1, 6, 15, 28, 45, ...) is SH in the convention
-above; any other 4-D image with ``3 K`` volumes is peaks in MRtrix's layout. MRtrix
+writes; an ``n_peaks`` key marks its peak maps). Without a sidecar: a 5-D
+``(X, Y, Z, K, 3)`` image is peaks; a 4-D image whose last axis is an even-order SH
+size (1, 6, 15, 28, 45, ...) is SH in the convention above; any other 4-D image with
+``3 K`` volumes is peaks in MRtrix's layout. MRtrix
 files (``tournier07``, world frame, ``Legacy`` true by default for ``mrtrix3``) are
 converted; a world-frame (``xyz``) map is reoriented into the voxel frame with the
 affine (``v_ijk ~ s * A3^-1 v_world``, design.md, correct under shear).
@@ -91,6 +92,8 @@ def _encoding(sidecar: dict[str, Any] | None) -> dict[str, Any]:
         ),
         "frame": enc.get("reference", side.get("frame", side.get("reference"))),
     }
+    if out["type"] is None and ("n_peaks" in side or "npeaks" in side):
+        out["type"] = "peaks"  # what `xscale fod` writes beside its peak maps
     if isinstance(out["type"], str):
         t = out["type"].lower()
         out["type"] = "peaks" if t in ("peaks", "unit3vector", "3vector", "vector") else t

@@ -190,7 +190,8 @@ def read_truth_bundles(path: str | os.PathLike, *, gt_dir: str | os.PathLike | N
                 max_angle_deg=None if angle is None else float(angle),
             )
         )
-    return TruthBundles(bundles, grid["affine"], tuple(int(s) for s in grid["shape"]),
+    nx, ny, nz = (int(s) for s in grid["shape"])
+    return TruthBundles(bundles, grid["affine"], (nx, ny, nz),
                         np.asarray(grid["voxel_size"], float), Path(grid["reference"]))
 
 
