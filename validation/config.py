@@ -42,6 +42,9 @@ _SECTIONS: dict[str, dict[str, Any]] = {
         "seeds_per_voxel": 2,
         "step_size": 0.5,
         "max_angle_deg": 30.0,
+        "stopping": "mask",
+        "gfa_threshold": 0.1,
+        "format": "trk",
     },
     # every pair of a case's microscopy levels compared on the dMRI grid (crossscale.csv);
     # voxel_sizes_um: extra levels rendered for built-in phantom suites (one per size)
@@ -216,6 +219,13 @@ def resolve_config(
         )
     if "microscopy" in labels or "truth" in labels:
         raise ConfigError(f"{source}: [[models]] labels 'microscopy' and 'truth' are reserved")
+    from validation.models import check_params
+
+    for m in models:
+        try:
+            check_params(m["name"], m["params"])  # typos fail before any case is fitted
+        except ValueError as exc:
+            raise ConfigError(f"{source}: [[models]] {m['label']}: {exc}") from None
     resolved["models"] = models
 
     gates = raw.get("gates", {})

@@ -28,6 +28,7 @@ __all__ = [
     "streamline_voxels",
     "track",
     "track_and_score",
+    "track_microscopy",
     "track_vector_field",
 ]
 
@@ -320,8 +321,8 @@ def bundle_overlap(
     A streamline counts for the bundle when one end lies in ``bundle.head_roi`` and the
     other in ``bundle.tail_roi``. With A the bundle mask and B the voxels those streamlines
     pass through: OL = |A & B| / |A|, OR_gt = |B \\ A| / |A|, OR_vs = |B \\ A| / |B|
-    (0 when B is empty), F1 = Dice(A, B). A minimal scorer for when ``metrics`` has no
-    tractometer; ``metrics.tractometer`` is the full one (VS/IS/IC/NC...).
+    (0 when B is empty), F1 = Dice(A, B). A quick check of one bundle;
+    ``metrics.tractometer`` is the full scorer (VS/IS/IC/NC, limits) that runs use.
 
     Returns
     -------
@@ -418,8 +419,10 @@ def track_and_score(
     Returns
     -------
     list of dict
-        One row per bundle: case, model, bundle, ol, or_gt, or_vs, f1 (and the tractometer
-        scores when ``metrics.tractometer`` exists), n_streamlines and the tracking params.
+        One row per bundle: case, model, bundle, its ``metrics.tractometer`` scores (ol,
+        or_gt, or_vs, f1, vs_count, wpc_count, voxel counts), the tractogram's (vs, is, ic,
+        nc, wpc fractions, vb, ib, n_streamlines) and the tracking parameters
+        (``tracking_*``).
     """
     mask = np.asarray(truth.mask, bool)
     result = track(
@@ -439,44 +442,60 @@ def track_and_score(
             Path(out_dir) / f"sub-{case_id}_model-{label}_tractography.{fmt}",
             affine=np.asarray(grid.affine), shape=tuple(mask.shape),
         )
-    rows = []
-    scorer = _tractometer()
+    import metrics
+
     bundles = list(getattr(truth, "bundles", []) or [])
-    full = scorer(result.streamlines, bundles, mask.shape) if scorer else None
-    for bundle in bundles:
-        row: dict[str, Any] = {"case": case_id, "model": label, "bundle": bundle.name}
-        if full is not None and bundle.name in full:
-            row.update(full[bundle.name])
-        else:
-            scores = bundle_overlap(result.streamlines, bundle, mask.shape)
-            row.update({k: v for k, v in scores.items() if k != "n_valid"})
-            row["vs"] = scores["n_valid"]
-        row["n_streamlines"] = len(result.streamlines)
-        row.update({f"tracking_{k}": v for k, v in result.params.items()
-                    if k not in ("n_streamlines",)})
+    if not bundles:
+        return []
+    scores = metrics.tractometer(
+        result.streamlines, bundles,
+        voxel_size=tuple(getattr(grid, "voxel_size_mm", (1.0, 1.0, 1.0))),
+    )
+    whole = scores.to_dict()
+    tractogram_level = {k: whole[k] for k in ("vs", "is", "ic", "nc", "wpc", "vb", "ib",
+                                               "n_streamlines")}
+    tracking = {f"tracking_{k}": v for k, v in result.params.items() if k != "n_streamlines"}
+    rows = []
+    for bundle_row in scores.bundle_rows():
+        row: dict[str, Any] = {"case": case_id, "model": label}
+        row.update(bundle_row)
+        row.update(tractogram_level)
+        row.update(tracking)
         rows.append(row)
     return rows
 
 
-def _tractometer() -> Any:
-    """``metrics.tractometer`` adapted to per-bundle dicts, or None when absent."""
-    try:
-        from metrics import tractometer  # type: ignore[attr-defined]
-    except ImportError:
-        return None
+def _walk_py(unit, usable, start, direction, step, cos_max, out):  # type: ignore[no-untyped-def]
+    """Steps from ``start`` along the axial field ``unit`` (nearest voxel) into ``out``;
+    returns how many points were written. Compiled with numba."""
+    px, py, pz = start[0], start[1], start[2]
+    dx, dy, dz = direction[0], direction[1], direction[2]
+    ni, nj, nk = usable.shape
+    n = 0
+    for _ in range(out.shape[0]):
+        qx, qy, qz = px + step * dx, py + step * dy, pz + step * dz
+        i, j, k = int(np.rint(qx)), int(np.rint(qy)), int(np.rint(qz))
+        if i < 0 or j < 0 or k < 0 or i >= ni or j >= nj or k >= nk or not usable[i, j, k]:
+            break
+        vx, vy, vz = unit[i, j, k, 0], unit[i, j, k, 1], unit[i, j, k, 2]
+        dot = vx * dx + vy * dy + vz * dz
+        if dot < 0:
+            vx, vy, vz, dot = -vx, -vy, -vz, -dot
+        if dot < cos_max:
+            break
+        out[n, 0], out[n, 1], out[n, 2] = qx, qy, qz
+        n += 1
+        px, py, pz, dx, dy, dz = qx, qy, qz, vx, vy, vz
+    return n
 
-    def score(streamlines: list[np.ndarray], bundles: list[Any], shape: tuple) -> Any:
-        try:
-            result = tractometer(streamlines, bundles, shape=shape)
-        except TypeError:
-            return None
-        per_bundle = getattr(result, "bundles", None)
-        if not isinstance(per_bundle, dict):
-            return None
-        return {name: {k.lower(): v for k, v in dict(vals).items()}
-                for name, vals in per_bundle.items()}
 
-    return score
+_walk: Any
+try:
+    import numba
+
+    _walk = numba.njit(cache=True, nogil=True)(_walk_py)
+except ImportError:  # pragma: no cover - numba is a dependency
+    _walk = _walk_py
 
 
 def track_vector_field(
@@ -486,7 +505,7 @@ def track_vector_field(
     seeds: np.ndarray,
     step_size: float = 0.5,
     max_angle_deg: float = 30.0,
-    max_steps: int = 10000,
+    max_steps: int = 100000,
     to_dmri_voxel: np.ndarray | None = None,
     min_length: float = 2.0,
 ) -> TrackingResult:
@@ -500,7 +519,8 @@ def track_vector_field(
     ----------
     vectors : ndarray, shape (I, J, K, 3)
         Orientation field in its own voxel frame (components along the array axes,
-        in voxel units of that array, e.g. microscopy voxels).
+        in voxel units of that array, e.g. microscopy voxels). In memory: track a
+        downsampled field or a region of interest of a large volume.
     mask : ndarray of bool, shape (I, J, K)
     seeds : ndarray, shape (n, 3)
         Seed points in the field's voxel coordinates.
@@ -518,39 +538,24 @@ def track_vector_field(
     mask = np.asarray(mask, dtype=bool)
     if vectors.shape[:3] != mask.shape or vectors.shape[-1] != 3:
         raise UserError(f"vectors shape {vectors.shape} does not match mask {mask.shape} + (3,)")
-    shape = np.asarray(mask.shape)
-    cos_max = np.cos(np.radians(max_angle_deg))
-
-    def direction_at(p: np.ndarray) -> np.ndarray | None:
-        idx = np.rint(p).astype(int)
-        if np.any(idx < 0) or np.any(idx >= shape) or not mask[tuple(idx)]:
-            return None
-        v = vectors[tuple(idx)]
-        n = np.linalg.norm(v)
-        return v / n if n > 0 else None
+    cos_max = float(np.cos(np.radians(max_angle_deg)))
+    buffer = np.empty((max_steps, 3))
+    unit = np.zeros_like(vectors)
+    norms = np.linalg.norm(vectors, axis=-1)
+    np.divide(vectors, norms[..., None], out=unit, where=norms[..., None] > 0)
+    usable = mask & (norms > 0)
 
     streamlines = []
     for seed in np.asarray(seeds, dtype=np.float64).reshape(-1, 3):
-        first = direction_at(seed)
-        if first is None:
+        idx = np.rint(seed).astype(int)
+        if np.any(idx < 0) or np.any(idx >= np.asarray(mask.shape)) or not usable[tuple(idx)]:
             continue
+        first = unit[tuple(idx)]
         halves = []
         for sign in (1.0, -1.0):
-            p, d = seed.copy(), sign * first
-            pts = []
-            for _ in range(max_steps):
-                p = p + step_size * d
-                nd = direction_at(p)
-                if nd is None:
-                    break
-                if nd @ d < 0:
-                    nd = -nd
-                if nd @ d < cos_max:
-                    break
-                pts.append(p.copy())
-                d = nd
-            halves.append(pts)
-        line = np.array(halves[1][::-1] + [seed] + halves[0])
+            n = _walk(unit, usable, seed, sign * first, float(step_size), cos_max, buffer)
+            halves.append(buffer[:n].copy())
+        line = np.concatenate([halves[1][::-1], seed[None, :], halves[0]])
         if len(line) > 1 and np.sum(np.linalg.norm(np.diff(line, axis=0), axis=1)) >= min_length:
             if to_dmri_voxel is not None:
                 m = np.asarray(to_dmri_voxel, dtype=np.float64)
@@ -560,3 +565,58 @@ def track_vector_field(
               "max_angle_deg": float(max_angle_deg), "n_seeds": int(len(seeds)),
               "n_streamlines": len(streamlines)}
     return TrackingResult(streamlines, params)
+
+
+def track_microscopy(
+    vectors: np.ndarray,
+    *,
+    mask: np.ndarray,
+    microscopy_affine: np.ndarray,
+    grid_affine: np.ndarray,
+    seed_mask: np.ndarray | None = None,
+    seeds_per_voxel: int = 1,
+    step_size: float = 0.5,
+    max_angle_deg: float = 30.0,
+    min_length: float = 2.0,
+    rng: int | np.random.Generator | None = None,
+) -> TrackingResult:
+    """A reference tractogram through a microscopy orientation field, in dMRI voxels.
+
+    Streamlines are integrated at microscopy resolution (:func:`track_vector_field`) from
+    seeds in ``seed_mask`` (microscopy voxels; default ``mask``) and mapped to dMRI voxel
+    coordinates through ``inv(grid_affine) @ microscopy_affine``.
+
+    Parameters
+    ----------
+    vectors : ndarray, shape (I, J, K, 3)
+        Structure-tensor fibre directions (microscopy array axes).
+    mask : ndarray of bool, shape (I, J, K)
+        Where the field may be followed (fibre voxels).
+    microscopy_affine : ndarray, shape (4, 4)
+        Microscopy voxel -> dMRI world (mm), as ``phantoms`` ``Microscopy.affine``.
+    grid_affine : ndarray, shape (4, 4)
+        dMRI voxel -> world (mm).
+    step_size : float
+        Microscopy voxels.
+    min_length : float
+        Microscopy voxels.
+
+    Returns
+    -------
+    TrackingResult
+        Streamlines in dMRI voxel coordinates; ``params`` records the step in microscopy
+        voxels and the mapping.
+    """
+    to_dmri = np.linalg.inv(np.asarray(grid_affine, float)) @ np.asarray(microscopy_affine, float)
+    seeds = seeds_from_mask(mask if seed_mask is None else seed_mask,
+                            seeds_per_voxel=seeds_per_voxel, rng=rng)
+    result = track_vector_field(vectors, mask=mask, seeds=seeds, step_size=step_size,
+                                max_angle_deg=max_angle_deg, to_dmri_voxel=to_dmri,
+                                min_length=min_length)
+    result.params.update(
+        source="microscopy",
+        seeds_per_voxel=int(seeds_per_voxel),
+        microscopy_to_dmri_voxel=to_dmri.round(12).tolist(),
+    )
+    return result
+

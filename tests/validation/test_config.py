@@ -64,3 +64,13 @@ def test_misspelt_key_exits_2_naming_key(tmp_path: Path, capsys: pytest.CaptureF
 def test_slugify() -> None:
     assert slugify("MSMT-CSD") == "msmtcsd"
     assert slugify("my_pkg.models:Factory2") == "factory2"
+
+
+def test_unknown_model_or_parameter_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "m.toml"
+    path.write_text("[[models]]\nname = 'csd'\nparams = { sh_ordr_max = 6 }\n")
+    with pytest.raises(ConfigError, match="sh_ordr_max"):
+        resolve_config(path)
+    path.write_text("[[models]]\nname = 'no-such-model'\n")
+    with pytest.raises(ConfigError, match="no-such-model"):
+        resolve_config(path)

@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from validation.errors import UserError
 from validation.models import (
@@ -267,6 +269,44 @@ def test_a_failure_leaves_the_next_fit_unchanged(clean):
     np.testing.assert_array_equal(a.peaks, b.peaks)
 
 
+class _NoODF:
+    name = "no-odf"
+
+    def fit(self, data, gtab, *, mask=None):
+        return object()
+
+
+class _NoSH(_NoODF):
+    capabilities = {"gives_odf": False, "gives_sh": True}
+
+
+class _NoPeaks(_NoODF):
+    capabilities = {"gives_odf": False, "gives_sh": True, "gives_peaks": True}
+
+    def fit(self, data, gtab, *, mask=None):
+        class Fit:
+            shm_coeff = np.zeros(data.shape[:-1] + (45,))
+
+        return Fit()
+
+
+@pytest.mark.parametrize(
+    ("model", "words"),
+    [
+        ("_NoODF", "declares gives_odf but its fit (object) has no odf(sphere) method"),
+        ("_NoSH", "declares gives_sh but its fit (object) has no shm_coeff"),
+        ("_NoPeaks", "declares gives_peaks but its fit (Fit) has no peaks() method"),
+    ],
+)
+def test_declared_capabilities_must_be_delivered(clean, monkeypatch, model, words):
+    import validation.models.testing as testing
+
+    monkeypatch.setattr(testing, model, globals()[model], raising=False)
+    with pytest.raises(ModelFailure) as info:
+        fit(clean, f"{T}:{model}")
+    assert info.value.reason == words and info.value.stage == "output"
+
+
 def test_bad_hyper_parameter_is_an_init_failure(clean):
     with pytest.raises(ModelFailure, match="unexpected keyword argument 'lamda'") as info:
         fit(clean, "csd", params={"lamda": 1})
@@ -343,3 +383,14 @@ def test_peak_refinement_recovers_off_vertex_directions():
                                                            axis=1)], true)
     assert np.median(nearest_vertex) > 2.0
     assert refined.max() < 0.5
+
+
+@settings(max_examples=5, deadline=None)
+@given(chunk_voxels=st.integers(1, 40), seed=st.integers(0, 2**31 - 1))
+def test_jobs_never_change_the_result(chunk_voxels, seed):
+    ph = tiny_phantom(shape=(5, 3, 2), snr=20, rng=seed % 1000)
+    kw = dict(chunk_voxels=chunk_voxels, seed=seed)
+    a = fit(ph, "csa", jobs=1, **kw)
+    b = fit(ph, "csa", jobs=2, **kw)
+    np.testing.assert_array_equal(a.peaks, b.peaks)
+    np.testing.assert_array_equal(a.sh, b.sh)

@@ -79,3 +79,20 @@ def test_check_model_user_errors_exit_2(capsys, argv, message):
     err = capsys.readouterr().err
     assert message in err
     assert len(err.strip().splitlines()) == 1
+
+
+_SLOW_MODELS = {"forecast", "mapmri", "msmt-csd", "sfm"}  # 7-8 s each on the 2-core machine
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW_MODELS else n
+     for n in sorted(BUILTIN_MODELS)],
+)
+def test_every_builtin_model_conforms(name):
+    """The shared conformance check, run over every implementation (nibabel's ValidateAPI)."""
+    from validation.models.conformance import check_model
+
+    report = check_model(name)
+    assert report.ok, report.to_text()
+    assert report.problems == []

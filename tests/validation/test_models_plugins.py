@@ -178,30 +178,31 @@ def test_example_plugin_installs_is_listed_checked_and_fitted(installed_example,
     listed = _xscale("models", "--json")
     assert listed.returncode == 0, listed.stderr
     rows = {r["name"]: r for r in json.loads(listed.stdout)}
-    row = rows["inverted-signal"]
+    row = rows["example-qball"]
     assert row["source"] == "entry-point" and row["error"] is None
-    assert row["target"] == "xscale_example_model:InvertedSignalModel"
+    assert row["target"] == "xscale_example_model:ExampleQballModel"
     assert row["capabilities"]["gives_sh"] and not row["capabilities"]["gives_odf"]
     assert row["params"] == {"sh_order_max": 6, "lambda_lb": 0.006}
 
-    checked = _xscale("check-model", "inverted-signal")
+    checked = _xscale("check-model", "example-qball")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "OK" in checked.stdout
 
     ph = tiny_phantom(shape=(6, 2, 1), snr=None)
-    out = fit_case(ModelSpec("inverted-signal", "inv", "Inverted signal", {}),
+    out = fit_case(ModelSpec("example-qball", "qball", "Example Q-ball", {}),
                    ph.data, ph.bvals, ph.bvecs, ph.mask)
     single = ph.truth.nufo == 1
     cos = np.abs(np.sum(out.peaks[single][:, 0] * ph.truth.peaks[single][:, 0], axis=-1))
     assert np.median(np.degrees(np.arccos(np.clip(cos, 0, 1)))) < 5.0
 
 
+@pytest.mark.slow  # a whole `xscale run` of the default suite (about a minute)
 def test_example_plugin_is_scored_by_xscale_run(installed_example, tmp_path):
     pytest.importorskip("validation.fod", reason="the run needs validation.fod")
     config = tmp_path / "plugin.toml"
     config.write_text(
         '[run]\nname = "plugin"\n[data]\nsuite = "default"\n'
-        '[[models]]\nname = "inverted-signal"\nlabel = "inv"\n'
+        '[[models]]\nname = "example-qball"\nlabel = "qball"\n'
         '[[models]]\nname = "validation.models.testing:SleepingModel"\nlabel = "sleepy"\n'
         'timeout_s = 1\n[tracking]\nenabled = false\n'
     )
@@ -210,9 +211,9 @@ def test_example_plugin_is_scored_by_xscale_run(installed_example, tmp_path):
     import pandas as pd
 
     scores = pd.read_csv(tmp_path / "run" / "scores.csv")
-    f1 = scores.query("model == 'inv' and metric == 'peak_f1' and case == 'all' "
+    f1 = scores.query("model == 'qball' and metric == 'peak_f1' and case == 'all' "
                       "and region == 'all' and statistic == 'median'")
-    assert len(f1) == 1 and 0.0 < f1["value"].iloc[0] <= 1.0
+    assert len(f1) == 1 and 0.5 < f1["value"].iloc[0] <= 1.0
     failures = json.loads((tmp_path / "run" / "failures.json").read_text())
     sleepy = [f for f in failures if f["model"] == "sleepy"]
     assert sleepy and all(f["stage"] == "timeout" for f in sleepy)

@@ -7,6 +7,9 @@ from types import SimpleNamespace
 import nibabel as nib
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from validation.errors import UserError
 from validation.tracking import (
@@ -243,10 +246,85 @@ def test_csd_deterministic_tracking_of_a_straight_bundle(tmp_path):
                                    "step_size": 0.5, "max_angle_deg": 30.0},
                            seed=0, out_dir=tmp_path)
     assert len(rows) == len(truth.bundles) >= 1
-    for row in rows:
+    for row, bundle in zip(rows, truth.bundles, strict=True):
+        assert row["bundle"] == bundle.name and row["case"] == spec.case_id
         assert row["ol"] > 0.8
         assert row["or_vs"] < 0.2
+        assert row["vs"] > 0.5  # most streamlines join the bundle's two ROIs
         assert row["tracking_method"] == "deterministic"
         assert row["tracking_step_size_vox"] == 0.5
-    trk = tmp_path / f"sub-{spec.case_id}_model-csd_tractography.trk"
-    assert len(nib.streamlines.load(str(trk)).streamlines) == rows[0]["n_streamlines"]
+        # our quick per-bundle check agrees with the full scorer on this clean bundle
+        quick = bundle_overlap(_streamlines_of(tmp_path, spec.case_id), bundle,
+                               truth.mask.shape)
+        assert quick["ol"] == pytest.approx(row["ol"], abs=0.02)
+    assert len(_streamlines_of(tmp_path, spec.case_id)) == rows[0]["n_streamlines"]
+
+
+def _streamlines_of(folder, case_id):
+    """Streamlines of the TRK that track_and_score wrote, back in dMRI voxel coordinates."""
+    trk = nib.streamlines.load(str(folder / f"sub-{case_id}_model-csd_tractography.trk"))
+    to_vox = np.linalg.inv(trk.affine)
+    return [nib.affines.apply_affine(to_vox, s) for s in trk.streamlines]
+
+
+# ----------------------------------------------------------------------------- properties
+
+_points = arrays(np.float64, st.tuples(st.integers(2, 6), st.just(3)),
+                 elements=st.floats(0.0, 7.0, allow_nan=False, width=32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(_points)
+def test_voxelisation_marks_every_point_and_only_voxels_near_the_line(line):
+    shape = (8, 8, 8)
+    vox = streamline_voxels([line], shape)
+    # every point's nearest voxel is marked
+    idx = np.rint(line).astype(int)
+    assert vox[tuple(idx.T)].all()
+    # every marked voxel centre is within half a voxel diagonal (+ sampling) of a segment
+    centres = np.argwhere(vox).astype(float)
+    a, b = line[:-1], line[1:]
+    d = b - a
+    t = np.clip(np.einsum("vsk,sk->vs", centres[:, None] - a, d)
+                / np.maximum(np.einsum("sk,sk->s", d, d), 1e-12), 0, 1)
+    nearest = a + t[..., None] * d
+    dist = np.linalg.norm(centres[:, None] - nearest, axis=-1).min(axis=1)
+    assert np.all(dist <= np.sqrt(3) / 2 + 1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.float64, 3, elements=st.floats(-1, 1, allow_nan=False)).filter(
+    lambda v: np.linalg.norm(v) > 0.1))
+def test_peaks_to_sh_has_its_maximum_at_the_peak(direction):
+    from dipy.data import default_sphere
+    from dipy.reconst.shm import sh_to_sf
+
+    u = direction / np.linalg.norm(direction)
+    sh = peaks_to_sh(u[None, None, :])[0]
+    odf = sh_to_sf(sh, default_sphere, sh_order_max=8, basis_type="descoteaux07",
+                   legacy=False)
+    best = default_sphere.vertices[np.argmax(odf)]
+    # the sphere's best vertex is the one nearest the peak (vertices ~8 degrees apart)
+    nearest = default_sphere.vertices[np.argmax(np.abs(default_sphere.vertices @ u))]
+    assert abs(best @ u) == pytest.approx(abs(nearest @ u), abs=1e-9)
+
+
+def test_microscopy_tractogram_lands_in_dmri_voxels():
+    from validation.tracking import track_microscopy
+
+    # microscopy at 4x the dMRI resolution, same origin corner: a tube along j
+    shape = (16, 32, 8)
+    vectors = np.zeros(shape + (3,))
+    vectors[6:10, :, 2:6] = [0.0, 1.0, 0.0]
+    mask = np.linalg.norm(vectors, axis=-1) > 0
+    grid_affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    micro_affine = np.diag([0.25, 0.25, 0.25, 1.0])
+    micro_affine[:3, 3] = -0.375  # microscopy voxel centres inside dMRI voxel 0: -0.375..0.375
+    r = track_microscopy(vectors, mask=mask, microscopy_affine=micro_affine,
+                         grid_affine=grid_affine, seeds_per_voxel=1, rng=0)
+    assert len(r.streamlines) == mask.sum()
+    pts = np.concatenate(r.streamlines)
+    # i in microscopy 6..9 -> dMRI 1.125..1.875; the tube spans all of j: 0 ..7.75 - 0.375
+    assert pts[:, 0].min() >= 6 * 0.25 - 0.375 - 0.13 and pts[:, 0].max() <= 9 * 0.25 - 0.375 + 0.13
+    assert pts[:, 1].min() < 0.0 and pts[:, 1].max() > 7.0
+    assert r.params["source"] == "microscopy"

@@ -204,8 +204,8 @@ def check_model(
         report.problems.append(f"the model cannot be built ({exc.reason})")
         report.seconds = time.perf_counter() - t0
         return report
-    report.notes.append("capabilities: " + ", ".join(
-        k for k, v in caps.to_dict().items() if v) or "none")
+    declared = [k for k, v in caps.to_dict().items() if v]
+    report.notes.append("capabilities: " + (", ".join(declared) or "none"))
     if not isinstance(getattr(model, "name", None), str):
         report.problems.append("the model has no string attribute 'name'")
     shells = (1000.0, 2000.0, 3000.0) if caps.multi_shell_only else (1000.0,)
@@ -232,8 +232,8 @@ def check_model(
                 "not deterministic: two fits with the same seed gave different peaks or SH"
             )
         report.notes.append(f"fit time {a.fit_seconds:.2f} s on {int(ph.mask.sum())} voxels")
-    if len(runs) == 2:  # a model that fails anyway would fail this check for the same reason
-        _check_raw_mask(model, caps, ph, report)
+        # only for a model that fits at all: one that fails fails this for the same reason
+        _check_raw_mask(model, caps, ph, report, timeout_s)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -271,16 +271,9 @@ def _check_outputs(out: Any, ph: TinyPhantom, npeaks: int, report: ConformanceRe
     shape = ph.mask.shape
     if out.peaks.shape != shape + (npeaks, 3) or out.peaks.dtype != np.float64:
         report.problems.append(f"peaks have shape {out.peaks.shape} / dtype {out.peaks.dtype}")
-    norms = np.linalg.norm(out.peaks, axis=-1)
-    present = norms > 0
-    if np.any(np.abs(norms[present] - 1) > 1e-6):
-        report.problems.append("some peaks are not unit vectors")
-    if not caps.needs_truth and not present[ph.mask].any() and caps.gives_odf:
+    present = np.linalg.norm(out.peaks, axis=-1) > 0
+    if not caps.needs_truth and not present[ph.mask].any():
         report.notes.append("no peak was found in any voxel of the phantom")
-    if out.sh is not None and np.any(out.sh[~ph.mask] != 0):
-        report.problems.append("SH is not zero outside the mask")
-    if np.any(present[~ph.mask]):
-        report.problems.append("peaks outside the mask")
     single = ph.truth.nufo == 1
     if present[single].any() and not caps.needs_truth:
         ref = ph.truth.peaks[single][:, 0]
@@ -292,12 +285,14 @@ def _check_outputs(out: Any, ph: TinyPhantom, npeaks: int, report: ConformanceRe
         )
 
 
-def _check_raw_mask(model: Any, caps: Any, ph: TinyPhantom, report: ConformanceReport) -> None:
+def _check_raw_mask(
+    model: Any, caps: Any, ph: TinyPhantom, report: ConformanceReport, timeout_s: float
+) -> None:
     """Call the model's own fit (in a worker) on data with NaN outside the mask."""
     from validation.models.isolation import run_isolated
 
     try:
-        problems = run_isolated(_raw_mask_job, model, caps, ph, timeout_s=60.0)
+        problems = run_isolated(_raw_mask_job, model, caps, ph, timeout_s=2 * timeout_s)
     except ModelFailure as exc:
         report.problems.append(
             f"fit(data, gtab, mask=mask) fails when the signal outside the mask is NaN "

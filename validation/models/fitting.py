@@ -425,7 +425,10 @@ def _extract(
         raw = getattr(fit, "shm_coeff", None)
         model_s += time.perf_counter() - t0
         if raw is None:
-            raise ModelFailure("declares gives_sh but the fit has no shm_coeff", "output")
+            raise ModelFailure(
+                f"declares gives_sh but its fit ({type(fit).__name__}) has no shm_coeff",
+                "output",
+            )
         raw = np.asarray(raw, dtype=np.float64)
         if raw.ndim != len(spatial) + 1 or raw.shape[:-1] != spatial:
             raise ModelFailure(
@@ -444,6 +447,11 @@ def _extract(
         c = min(raw.shape[1], geometry.n_coeffs)
         sh[:, :c] = raw[:, :c]
     if caps.gives_odf:
+        if not callable(getattr(fit, "odf", None)):
+            raise ModelFailure(
+                f"declares gives_odf but its fit ({type(fit).__name__}) has no odf(sphere) method",
+                "output",
+            )
         t0 = time.perf_counter()
         odf = np.asarray(fit.odf(geometry.sphere), dtype=np.float64)
         model_s += time.perf_counter() - t0
@@ -455,6 +463,11 @@ def _extract(
     if sh is None:
         sh = odf @ geometry.sf_to_sh  # least-squares projection, exact for band-limited ODFs
     if caps.gives_peaks:
+        if not callable(getattr(fit, "peaks", None)):
+            raise ModelFailure(
+                f"declares gives_peaks but its fit ({type(fit).__name__}) has no peaks() method",
+                "output",
+            )
         t0 = time.perf_counter()
         peaks, values = _model_peaks(fit, n_all, spatial, keep)
         model_s += time.perf_counter() - t0
@@ -492,6 +505,9 @@ _STATE: dict[str, Any] = {}
 
 
 def _init_chunk_worker(state: dict[str, Any]) -> None:
+    from validation.models.isolation import limit_blas_threads
+
+    limit_blas_threads(1)  # OpenBLAS may reset its thread count in a forked child
     _STATE.clear()
     _STATE.update(state)
 
@@ -523,6 +539,57 @@ def _fit_chunk(chunk: int) -> tuple[str, Any]:
     except ModelFailure as failure:
         return "error", failure
     return "ok", (peaks, values, sh, fit_s + odf_s)
+
+
+def _fit_share(share: int, jobs: int, n_chunks: int) -> dict[int, tuple[str, Any]]:
+    """Chunks ``share, share + jobs, ...`` in order, stopping at the first failure."""
+    done: dict[int, tuple[str, Any]] = {}
+    for chunk in range(share, n_chunks, jobs):
+        done[chunk] = _fit_chunk(chunk)
+        if done[chunk][0] == "error":
+            break
+    return done
+
+
+def _chunk_worker(conn: Any, state: dict[str, Any], share: int, jobs: int, n_chunks: int) -> None:
+    _init_chunk_worker(state)
+    try:
+        conn.send(_fit_share(share, jobs, n_chunks))
+    finally:
+        conn.close()
+
+
+def _fit_chunks(state: dict[str, Any], n_chunks: int, jobs: int) -> list[tuple[str, Any]]:
+    """Fit every chunk, ``jobs`` processes at once (this one included); results in chunk
+    order. Chunks are dealt round-robin (voxel-wise fits cost about the same per chunk),
+    which needs no task queue; the first failure in chunk order is raised."""
+    _init_chunk_worker(state)
+    workers = []
+    if jobs > 1:
+        ctx = mp_context()
+        for share in range(1, jobs):
+            recv_conn, send_conn = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_chunk_worker, daemon=True,
+                               args=(send_conn, state, share, jobs, n_chunks))
+            proc.start()
+            send_conn.close()
+            workers.append((proc, recv_conn))
+    done = _fit_share(0, jobs, n_chunks)
+    for proc, recv_conn in workers:
+        try:
+            done.update(recv_conn.recv())
+        except EOFError:
+            proc.join(5)
+            raise ModelFailure(
+                f"a chunk worker died without a result (exit code {proc.exitcode})", "worker"
+            ) from None
+        finally:
+            recv_conn.close()
+        proc.join()
+    errors = [done[c][1] for c in sorted(done) if done[c][0] == "error"]
+    if errors:
+        raise errors[0]
+    return [done[c] for c in range(n_chunks)]
 
 
 def _format_tb() -> str:
@@ -572,16 +639,7 @@ def _fit_job(
             "model": prepared, "caps": caps, "data_flat": data_flat, "gtab": gtab,
             "geometry": geometry, "chunks": chunks, "seed": seed,
         }
-        if jobs > 1 and len(chunks) > 1:
-            ctx = mp_context()
-            with ctx.Pool(min(jobs, len(chunks)), _init_chunk_worker, (state,)) as pool:
-                results = pool.map(_fit_chunk, range(len(chunks)), chunksize=1)
-        else:
-            _init_chunk_worker(state)
-            results = [_fit_chunk(c) for c in range(len(chunks))]
-        for status, payload in results:
-            if status == "error":
-                raise payload
+        results = _fit_chunks(state, len(chunks), min(jobs, len(chunks)))
         if results:
             peaks = np.concatenate([r[1][0] for r in results])
             values = np.concatenate([r[1][1] for r in results])

@@ -28,23 +28,23 @@ _BLAS_SETTERS = (
 )
 
 
-def limit_blas_threads(n: int = 1) -> int:
-    """Set the thread count of every BLAS library loaded in this process; returns how many
-    libraries were set.
+_blas_setters: list[Any] | None = None
 
-    Worker processes run one BLAS thread each: XScale parallelises over voxel chunks, and a
-    multi-threaded OpenBLAS in a forked worker on a busy machine is slower by orders of
-    magnitude for the small matrices of voxel-wise fits. Linux only (reads
-    ``/proc/self/maps``); elsewhere a no-op.
-    """
+
+def _find_blas_setters() -> list[Any]:
+    """ctypes functions setting the thread count of each BLAS loaded in this process
+    (found once; forked workers inherit the list)."""
+    global _blas_setters
+    if _blas_setters is not None:
+        return _blas_setters
     import ctypes
 
+    setters: list[Any] = []
     try:
         with open("/proc/self/maps", encoding="utf-8") as f:
             libs = {line.split()[-1] for line in f if ".so" in line}
     except OSError:
-        return 0
-    done = 0
+        libs = set()
     for path in sorted(libs):
         name = os.path.basename(path).lower()
         if "blas" not in name and "mkl_rt" not in name:
@@ -56,10 +56,27 @@ def limit_blas_threads(n: int = 1) -> int:
         for symbol in _BLAS_SETTERS:
             setter = getattr(lib, symbol, None)
             if setter is not None:
-                setter(ctypes.c_int(n))
-                done += 1
+                setters.append(setter)
                 break
-    return done
+    _blas_setters = setters
+    return setters
+
+
+def limit_blas_threads(n: int = 1) -> int:
+    """Set the thread count of every BLAS library loaded in this process; returns how many
+    libraries were set.
+
+    Worker processes run one BLAS thread each: XScale parallelises over voxel chunks, and a
+    multi-threaded OpenBLAS in a forked worker on a busy machine is slower by orders of
+    magnitude for the small matrices of voxel-wise fits. Linux only (reads
+    ``/proc/self/maps``); elsewhere a no-op.
+    """
+    import ctypes
+
+    setters = _find_blas_setters()
+    for setter in setters:
+        setter(ctypes.c_int(n))
+    return len(setters)
 
 
 def mp_context() -> Any:
@@ -134,6 +151,7 @@ def run_isolated(
         ``os._exit``, out of memory), or the failure ``func`` raised.
     """
     ctx = mp_context()
+    _find_blas_setters()  # once, here: forked workers inherit the list
     recv_conn, send_conn = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_worker, args=(send_conn, func, args, kwargs), daemon=False)
     start = time.monotonic()
