@@ -338,8 +338,6 @@ def build_geometry(spec: CaseSpec, rng: int | np.random.Generator | None = None)
         radius = gen.uniform(*VESSEL_RADIUS_UM)
         t = np.linspace(-fov, fov, int(np.ceil(2 * fov / spec.step_um)) + 1)
         pts = (through[None] + t[:, None] * d[None])[None]
-        # vessels are added in the rotated frame already: undo the rotation applied below
-        pts = (pts - centre) @ rot + centre
         add_tubes(pts, np.array([radius]), np.array([VESSEL_LUMEN_RATIO]), -1)
 
     return Geometry(

@@ -9,7 +9,7 @@ Contrasts (intensities are dimensionless, ~[0, 1]):
 ``hipct``
     Propagation phase contrast of dehydrated tissue: a phase map from myelin (strong),
     axoplasm and the fascicle's tissue density (the axon occupancy smoothed over
-    ``tissue_sigma_vox`` and divided by the packing), dark vessel lumens; edge
+    ``tissue_sigma(spacing)`` and divided by the packing), dark vessel lumens; edge
     enhancement ``I = G*phi - alpha * Laplacian(G*phi)`` with the PSF ``G`` of ``psf_sigma_vox``;
     additive Gaussian noise. Axons below the voxel size show as oriented texture.
 ``em``
@@ -20,6 +20,8 @@ Contrasts (intensities are dimensionless, ~[0, 1]):
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +47,14 @@ class ContrastModel:
     tissue_sigma_vox: float
     noise_sigma: float
     mask_threshold: float = 0.3
+    tissue_sigma_um: float = 3.0
+
+    def tissue_sigma(self, spacing_um) -> np.ndarray:
+        """Per-axis sigma (voxels) of the tissue-density smoothing: at least
+        ``tissue_sigma_vox`` voxels and ``tissue_sigma_um`` micrometres (so that the space
+        between resolved axons still counts as tissue)."""
+        spacing = np.broadcast_to(np.asarray(spacing_um, dtype=np.float64), (3,))
+        return np.maximum(self.tissue_sigma_vox, self.tissue_sigma_um / spacing)
 
 
 CONTRAST_MODELS = {
@@ -73,9 +83,10 @@ def get_contrast(contrast: str | ContrastModel) -> ContrastModel:
         ) from None
 
 
-def halo_voxels(model: ContrastModel) -> int:
+def halo_voxels(model: ContrastModel, spacing_um=1.0) -> int:
     """Halo (voxels) each chunk is rendered with so filters see the same inputs."""
-    return int(math.ceil(4.0 * model.psf_sigma_vox + 4.0 * model.tissue_sigma_vox)) + 2
+    tissue = float(np.max(model.tissue_sigma(spacing_um)))
+    return int(math.ceil(4.0 * model.psf_sigma_vox + 4.0 * tissue)) + 2
 
 
 class SegmentIndex:
@@ -83,24 +94,30 @@ class SegmentIndex:
 
     def __init__(self, p0: np.ndarray, p1: np.ndarray, reach: np.ndarray, cell_um: float):
         self.cell_um = float(cell_um)
-        lo = np.floor((np.minimum(p0, p1) - reach[:, None]) / cell_um).astype(np.int64)
-        hi = np.floor((np.maximum(p0, p1) + reach[:, None]) / cell_um).astype(np.int64)
-        self.origin = lo.min(axis=0) if len(lo) else np.zeros(3, np.int64)
-        lo -= self.origin
-        hi -= self.origin
-        self.dims = (hi.max(axis=0) + 1) if len(hi) else np.ones(3, np.int64)
-        span = hi - lo + 1
-        count = span.prod(axis=1)
-        seg = np.repeat(np.arange(len(p0)), count)
-        # enumerate the cells of each segment's box
-        start = np.repeat(np.cumsum(count) - count, count)
-        local = np.arange(seg.size) - start
-        sx, sy = span[seg, 1] * span[seg, 2], span[seg, 2]
-        cx = lo[seg, 0] + local // sx
-        cy = lo[seg, 1] + (local % sx) // sy
-        cz = lo[seg, 2] + local % sy
-        cell = (cx * self.dims[1] + cy) * self.dims[2] + cz
-        order = np.lexsort((seg, cell))
+        n = len(p0)
+        lo = np.floor((np.minimum(p0, p1) - reach[:, None]) / cell_um).astype(np.int32)
+        hi = np.floor((np.maximum(p0, p1) + reach[:, None]) / cell_um).astype(np.int32)
+        self.origin = lo.min(axis=0).astype(np.int64) if n else np.zeros(3, np.int64)
+        lo -= self.origin.astype(np.int32)
+        hi -= self.origin.astype(np.int32)
+        self.dims = (hi.max(axis=0).astype(np.int64) + 1) if n else np.ones(3, np.int64)
+        span = hi - lo  # cells covered beyond the first, per axis (small: segments are short)
+        del hi
+        cells: list[np.ndarray] = []
+        segs: list[np.ndarray] = []
+        ids = np.arange(n, dtype=np.int32)
+        for ox in range(int(span[:, 0].max(initial=0)) + 1):
+            for oy in range(int(span[:, 1].max(initial=0)) + 1):
+                for oz in range(int(span[:, 2].max(initial=0)) + 1):
+                    sel = (span[:, 0] >= ox) & (span[:, 1] >= oy) & (span[:, 2] >= oz)
+                    lsel = lo[sel].astype(np.int64)
+                    cells.append(((lsel[:, 0] + ox) * self.dims[1] + lsel[:, 1] + oy)
+                                 * self.dims[2] + lsel[:, 2] + oz)
+                    segs.append(ids[sel])
+        cell = np.concatenate(cells) if cells else np.zeros(0, np.int64)
+        seg = np.concatenate(segs) if segs else np.zeros(0, np.int32)
+        del cells, segs, lo, span
+        order = np.argsort(cell, kind="stable")
         self.cell_sorted = cell[order]
         self.seg_sorted = seg[order]
 
@@ -126,7 +143,7 @@ class SegmentIndex:
             return found.astype(np.int64)
         mark = np.zeros(int(found.max()) + 1, dtype=bool)
         mark[found] = True
-        return np.flatnonzero(mark)
+        return np.flatnonzero(mark).astype(np.int64)
 
 
 class BlockRenderer:
@@ -145,21 +162,55 @@ class BlockRenderer:
         self.shape = tuple(int(s) for s in shape)
         self.model = model
         self.seed = int(seed)
-        self.halo = halo_voxels(model)
+        self.halo = halo_voxels(model, self.spacing)
+        self.tissue_sigma = tuple(float(x) for x in model.tissue_sigma(self.spacing))
         g = geometry
-        self.p0 = np.ascontiguousarray(g.p0)
-        self.p1 = np.ascontiguousarray(g.p1)
-        self.radius = g.tube_radius[g.tube]
-        self.inner = g.tube_inner_ratio[g.tube]
-        self.tube = g.tube
-        self.axon = g.is_axon
+        # visit segments in a fixed spatial order (cells of 16 voxels, then index): the
+        # same order in every chunk, and memory-local rasterisation
+        cell = np.floor(0.5 * (g.p0 + g.p1) / (16.0 * self.spacing)).astype(np.int64)
+        cell -= cell.min(axis=0) if len(cell) else 0
+        span = cell.max(axis=0) + 1 if len(cell) else np.ones(3, np.int64)
+        key = (cell[:, 0] * span[1] + cell[:, 1]) * span[2] + cell[:, 2]
+        order = np.argsort(key, kind="stable")
+        # float32 halves the memory of large geometries (1e-4 um at 2 mm is plenty)
+        self.p0 = np.ascontiguousarray(g.p0[order], dtype=np.float32)
+        self.p1 = np.ascontiguousarray(g.p1[order], dtype=np.float32)
+        self.tube = g.tube[order]
+        self.radius = g.tube_radius[self.tube].astype(np.float32)
+        self.inner = g.tube_inner_ratio[self.tube].astype(np.float32)
+        self.axon = g.tube_bundle[self.tube] >= 0
+        del order, cell, key
         self.packing = float(np.mean(g.bundle_packing)) if g.n_bundles else 1.0
         h = float(self.spacing.mean())
         reach = np.maximum(self.radius, 0.5 * h) + 0.5 * h
+        self._cache: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
         self.index = SegmentIndex(self.p0, self.p1, reach, cell_vox * float(self.spacing.max()))
+
+    #: rendered blocks kept (bytes) so that volume and mask computed in separate dask
+    #: calls render each block once
+    cache_bytes = 128 * 2**20
 
     def render(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> np.ndarray:
         """Block [start, stop) as float32 (2, ...): intensity and tissue mask (0/1)."""
+        key: tuple[tuple[int, ...], tuple[int, ...]] = (
+            tuple(int(a) for a in start), tuple(int(b) for b in stop))
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit.copy()
+        block = self._render(*key)
+        block.setflags(write=False)
+        with self._lock:
+            self._cache[key] = block
+            while sum(b.nbytes for b in self._cache.values()) > self.cache_bytes and len(
+                self._cache
+            ) > 1:
+                self._cache.popitem(last=False)
+        return block.copy()
+
+    def _render(self, start: tuple[int, ...], stop: tuple[int, ...]) -> np.ndarray:
         from scipy import ndimage
 
         m = self.model
@@ -175,25 +226,27 @@ class BlockRenderer:
         args = (origin_um, shape_h.astype(np.int64), self.spacing, self.p0, self.p1,
                 self.radius, self.inner, self.tube)
         outer, inner = _kernels.rasterise_tubes(*args, ax_segs)
+        np.minimum(outer, 1.0, out=outer)
+        np.minimum(inner, outer, out=inner)
+        tissue = ndimage.gaussian_filter(outer, self.tissue_sigma, mode="nearest")
+        tissue *= np.float32(1.0 / self.packing)
+        np.clip(tissue, 0.0, 1.0, out=tissue)
+        # phase: myelin (outer - inner) and axoplasm (inner), in place to save memory
+        phi = outer
+        phi *= np.float32(m.myelin)
+        inner *= np.float32(m.axoplasm - m.myelin)
+        phi += inner
+        del inner
         if ve_segs.size:
             v_outer, v_inner = _kernels.rasterise_tubes(*args, ve_segs)
-        else:
-            v_outer = v_inner = np.zeros_like(outer)
-        outer = np.minimum(outer, 1.0)
-        inner = np.minimum(inner, outer)
-        myelin = outer - inner
-        v_outer = np.minimum(v_outer, 1.0)
-        v_inner = np.minimum(v_inner, v_outer)
-        tissue = ndimage.gaussian_filter(outer, m.tissue_sigma_vox, mode="nearest")
-        tissue = np.clip(tissue / self.packing, 0.0, 1.0) * (1.0 - v_outer)
-        phi = (
-            m.background
-            + m.tissue * tissue
-            + m.myelin * myelin
-            + m.axoplasm * inner
-            + m.vessel_wall * (v_outer - v_inner)
-            + (m.vessel_lumen - m.background) * v_inner
-        ).astype(np.float32)
+            np.minimum(v_outer, 1.0, out=v_outer)
+            np.minimum(v_inner, v_outer, out=v_inner)
+            tissue *= 1.0 - v_outer
+            phi += np.float32(m.vessel_wall) * (v_outer - v_inner)
+            phi += np.float32(m.vessel_lumen - m.background) * v_inner
+            del v_outer, v_inner
+        phi += np.float32(m.tissue) * tissue
+        phi += np.float32(m.background)
         image = ndimage.gaussian_filter(phi, m.psf_sigma_vox, mode="nearest")
         if m.edge_alpha:
             # Laplacian of the PSF-blurred phase (voxel units): propagation fringes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -79,8 +80,8 @@ class Microscopy:
     are parallel to the dMRI grid axes.
     """
 
-    volume: object
-    mask: object
+    volume: Any
+    mask: Any
     spacing_um: np.ndarray
     affine: np.ndarray
     contrast: str

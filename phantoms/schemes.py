@@ -47,7 +47,7 @@ def _shell_directions(n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     v = rng.normal(size=(n, 3))
     v /= np.linalg.norm(v, axis=1, keepdims=True)
-    hemi, _ = disperse_charges(HemiSphere(xyz=v), 1000)
+    hemi, _ = disperse_charges(HemiSphere(xyz=v), 500)
     out = np.asarray(hemi.vertices, dtype=np.float64)
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     out.setflags(write=False)

@@ -221,6 +221,72 @@ def _region_table(run: RunData, main: list[str]) -> dict[str, Any]:
     return {"regions": regions, "rows": body}
 
 
+#: metrics of crossscale.csv, in display order
+CROSSSCALE_METRICS = ("acc", "peak_angular_error_deg", "jsd")
+
+
+def _crossscale_section(run: RunData) -> dict[str, Any] | None:
+    """Median [CI] and n per (case, level pair) and metric from crossscale.csv."""
+    table = run.crossscale()
+    if table is None:
+        return None
+    metrics = [m for m in CROSSSCALE_METRICS if m in set(table["metric"])]
+    metrics += [m for m in pd.unique(table["metric"]) if m not in metrics]
+    lookup = {(r.case, r.source_a, r.source_b, r.metric, r.statistic): (r.value, r.ci_low,
+                                                                         r.ci_high)
+              for r in table.itertuples(index=False)}
+    keys = list(dict.fromkeys(zip(table["case"], table["source_a"], table["source_b"],
+                                  strict=True)))
+    keys.sort(key=lambda k: (k[0] != ALL, k[0]))  # case = all first
+    nan3 = (math.nan, math.nan, math.nan)
+    rows = []
+    for case, a, b in keys:
+        cells = []
+        n = math.nan
+        for metric in metrics:
+            value, lo, hi = lookup.get((case, a, b, metric, "median"), nan3)
+            cells.append((format_number(value), format_ci(lo, hi)))
+            n = lookup.get((case, a, b, metric, "n"), nan3)[0] if not math.isfinite(n) else n
+        rows.append({"case": case, "source_a": a, "source_b": b, "cells": cells,
+                     "n": format_number(n)})
+    return {"metrics": metrics, "rows": rows}
+
+
+def _registration_section(run: RunData) -> dict[str, Any] | None:
+    """Spread of each score under registration perturbations, and landmark errors."""
+    table = run.registration()
+    if table is None:
+        return None
+    spread_rows = table[(table["model"] != "landmarks") & (table["case"] == ALL)]
+    lookup = {(r.model, r.metric, r.statistic): r.value
+              for r in spread_rows.itertuples(index=False)}
+    spread = []
+    for model in list(dict.fromkeys(spread_rows["model"])):
+        for metric in list(dict.fromkeys(spread_rows[spread_rows["model"] == model]["metric"])):
+            get = {st: lookup.get((model, metric, st), math.nan)
+                   for st in ("score", "perturbed_median", "std", "min", "max", "range", "n")}
+            spread.append({"model": run.display_name(model), "metric": metric,
+                           **{k: format_number(v) for k, v in get.items()}})
+    lm = table[table["model"] == "landmarks"]
+    landmarks = [{"case": r.case, "level": r.level,
+                  "metric": str(r.metric).removeprefix("landmark_"),
+                  "value": format_number(r.value)} for r in lm.itertuples(index=False)]
+    settings = run.provenance.get("registration") or run.config.get("registration") or {}
+    return {"spread": spread, "landmarks": landmarks,
+            "settings": {str(k): str(v) for k, v in dict(settings).items()}}
+
+
+def registration_spread_text(run: RunData) -> dict[tuple[str, str], str]:
+    """``{(model label, metric): "± std"}`` of the case = all spread rows (leaderboard)."""
+    table = run.registration()
+    if table is None:
+        return {}
+    rows = table[(table["case"] == ALL) & (table["statistic"] == "std")
+                 & (table["model"] != "landmarks")]
+    return {(r.model, r.metric): "\u00b1 " + format_number(r.value)
+            for r in rows.itertuples(index=False) if math.isfinite(r.value)}
+
+
 def _provenance_rows(provenance: dict[str, Any]) -> list[tuple[str, str]]:
     return [(str(k), _json_text(v)) for k, v in provenance.items()]
 
@@ -290,6 +356,9 @@ def _render(run: RunData, groups: dict, tables: list[TableFile], rows: Any,
         tract_cols=tract_cols,
         tract_rows=tract_rows,
         tract_total=0 if tract is None else len(tract),
+        crossscale=_crossscale_section(run),
+        registration=_registration_section(run),
+        spread=registration_spread_text(run),
     )
 
 

@@ -140,6 +140,34 @@ class RunData:
         table = _read_csv(path, dtype={"case": str, "model": str, "bundle": str})
         return table if len(table) else None
 
+    def crossscale(self) -> pd.DataFrame | None:
+        """crossscale.csv (microscopy level pairs compared on the dMRI grid), or None.
+
+        Columns case, source_a, source_b, metric, statistic, value, ci_low, ci_high.
+        """
+        return self._optional_table("crossscale.csv", {"case": str, "source_a": str,
+                                                       "source_b": str, "metric": str,
+                                                       "statistic": str})
+
+    def registration(self) -> pd.DataFrame | None:
+        """registration.csv (registration-uncertainty spread, landmark errors), or None.
+
+        Columns case, level, model, metric, statistic, value.
+        """
+        return self._optional_table("registration.csv", {"case": str, "level": str,
+                                                         "model": str, "metric": str,
+                                                         "statistic": str})
+
+    def _optional_table(self, name: str, dtype: dict[str, Any]) -> pd.DataFrame | None:
+        path = self.path / name
+        if not path.is_file() or not path.read_bytes().strip():
+            return None  # runs of older versions, or without the feature, have none
+        table = _read_csv(path, dtype=dtype)
+        missing = [c for c in dtype if c not in table.columns]
+        if missing:
+            raise ReportError(f"{path}: lacks the column(s) {', '.join(missing)}")
+        return table if len(table) else None
+
     def report_data(self, kind: str) -> dict[str, Path]:
         """``report_data/<kind>_<case>.npz`` files as ``{case: path}``, sorted by case."""
         folder = self.path / "report_data"

@@ -59,12 +59,12 @@ def gaussian_half_kernels(sigma: float, truncate: float) -> tuple[np.ndarray, np
     return phi.astype(np.float32), deriv.astype(np.float32)
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def _clamp(i: int, n: int) -> int:
     return 0 if i < 0 else (n - 1 if i >= n else i)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def grad_pass_x(volume, s, d, sx, dx):  # pragma: no cover - compiled
     nz, ny, nx = volume.shape
     r = s.shape[0] - 1
@@ -95,7 +95,7 @@ def grad_pass_x(volume, s, d, sx, dx):  # pragma: no cover - compiled
                     out_d[i] += dk * (hi[i] - lo[i])
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def grad_pass_y(sx, dx, s, d, a, b, c):  # pragma: no cover - compiled
     nz, ny, nx = sx.shape
     r = s.shape[0] - 1
@@ -125,7 +125,7 @@ def grad_pass_y(sx, dx, s, d, a, b, c):  # pragma: no cover - compiled
                     oc[i] += sk * (dp[i] + dm[i])
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def grad_pass_z_products_x(a, b, c, nx, s, d, w, inv_spacing, p):  # pragma: no cover
     """Finish the gradients along Z, form the 6 products, smooth them along X at rho.
 
@@ -217,7 +217,7 @@ def grad_pass_z_products_x(a, b, c, nx, s, d, w, inv_spacing, p):  # pragma: no 
                             out[i] += wk * (hi[i] + lo[i])
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def smooth_pass_y_inplace(p, w):  # pragma: no cover - compiled
     """Smooth each of the (6, Z, Y, X) volumes along Y in place."""
     nc, nz, ny, nx = p.shape
@@ -243,7 +243,7 @@ def smooth_pass_y_inplace(p, w):  # pragma: no cover - compiled
 # eigenvalue error they add (< 3e-8 of the eigenvalue spread) is below float32 resolution.
 
 
-@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy", fastmath={"contract"})
 def acos_approx(x):  # pragma: no cover - compiled
     """arccos(x) for x in [-1, 1], absolute error < 3e-8 (Abramowitz & Stegun 4.4.46)."""
     ax = abs(x)
@@ -259,7 +259,7 @@ def acos_approx(x):  # pragma: no cover - compiled
     return r if x >= 0.0 else math.pi - r
 
 
-@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy", fastmath={"contract"})
 def cos_approx(t):  # pragma: no cover - compiled
     """cos(t) for |t| <= pi / 3 (Taylor series to t**16, error < 1e-15)."""
     t2 = t * t
@@ -274,15 +274,16 @@ def cos_approx(t):  # pragma: no cover - compiled
     return h * t2 + 1.0
 
 
-@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def eig_row(t00, t11, t22, t01, t02, t12, vec, val, aniso, nx):  # pragma: no cover
+@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy", fastmath={"contract"})
+def eig_row(t00, t11, t22, t01, t02, t12, out, nx):  # pragma: no cover
     """Closed-form eigen-decomposition of ``nx`` symmetric 3x3 tensors, branch-free.
 
-    Inputs: six 1-D rows (components 00, 11, 22, 01, 02, 12). Outputs: ``vec`` and
-    ``val`` flat rows of length ``3 * nx`` (interleaved; 2-D stores block SIMD),
-    ``aniso`` of length ``nx``. Eigenvalues by the trigonometric method (Smith 1961)
-    in float64; the eigenvector of the smallest one is the largest cross product of two
-    rows of ``T - l3 I``, which is exact where the off-diagonal terms vanish.
+    Inputs: six 1-D rows (components 00, 11, 22, 01, 02, 12). Output: ``out``, a flat
+    row of length ``7 * nx`` holding per voxel the vector (3), the eigenvalues (3) and
+    the anisotropy (flat indexing: 2-D stores block SIMD). Eigenvalues by the
+    trigonometric method (Smith 1961) in float64; the eigenvector of the smallest one is
+    the largest cross product of two rows of ``T - l3 I``, which is exact where the
+    off-diagonal terms vanish.
     """
     for i in range(nx):
         a00 = np.float64(t00[i])
@@ -350,23 +351,24 @@ def eig_row(t00, t11, t22, t01, t02, t12, vec, val, aniso, nx):  # pragma: no co
         wz = 1.0 - wx - wy
         lead = wx * vx + wy * vy + wz * vz
         sgn = norm * (1.0 - 2.0 * np.float64(lead < 0.0))
-        vec[3 * i] = vx * sgn
-        vec[3 * i + 1] = vy * sgn
-        vec[3 * i + 2] = vz * sgn
-        val[3 * i] = l1
-        val[3 * i + 1] = l2
-        val[3 * i + 2] = l3
         an = (l2 - l3) / max(l1, 1e-300)
-        aniso[i] = min(1.0, max(0.0, an)) * np.float64(l1 > 0.0)
+        o = 7 * i
+        out[o] = vx * sgn
+        out[o + 1] = vy * sgn
+        out[o + 2] = vz * sgn
+        out[o + 3] = l1
+        out[o + 4] = l2
+        out[o + 5] = l3
+        out[o + 6] = min(1.0, max(0.0, an)) * np.float64(l1 > 0.0)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-def smooth_pass_z_eigen(p, w, vectors, eigenvalues, anisotropy):  # pragma: no cover
+@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def smooth_pass_z_eigen(p, w, packed):  # pragma: no cover
     """Smooth the six tensor volumes along Z and decompose each tensor.
 
     ``p`` (6, Z, Y X) flattened planes, components in the order zz, yy, xx, zy, zx, yx.
-    Outputs: ``vectors`` and ``eigenvalues`` (Z, 3 Y X) flat views of (Z, Y, X, 3)
-    arrays, ``anisotropy`` (Z, Y X).
+    Output: ``packed`` (Z, 7 Y X), a flat view of a (Z, Y, X, 7) array: vector (3),
+    eigenvalues (3, descending), anisotropy (1).
     """
     nc, nz, nyx = p.shape
     q = w.shape[0] - 1
@@ -395,8 +397,6 @@ def smooth_pass_z_eigen(p, w, vectors, eigenvalues, anisotropy):  # pragma: no c
                 rows[3 * PLANE_CHUNK : 3 * PLANE_CHUNK + nt],
                 rows[4 * PLANE_CHUNK : 4 * PLANE_CHUNK + nt],
                 rows[5 * PLANE_CHUNK : 5 * PLANE_CHUNK + nt],
-                vectors[z, 3 * j0 : 3 * j1],
-                eigenvalues[z, 3 * j0 : 3 * j1],
-                anisotropy[z, j0:j1],
+                packed[z, 7 * j0 : 7 * j1],
                 nt,
             )

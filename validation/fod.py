@@ -231,7 +231,7 @@ def microscopy_fod(
     mask: Any = None,
     spacing: Any = None,
     npeaks: int = 3,
-    relative_peak_threshold: float = 0.5,
+    relative_peak_threshold: float = 0.25,
     min_separation_angle: float = 25.0,
     smoothing_deg: float = 0.0,
     chunks: int | tuple[int, int, int] = 128,
@@ -321,15 +321,16 @@ def microscopy_fod(
     vec_d = vec_d.rechunk(vec_d.chunks[:3] + ((3,),))
     w_d = _as_dask(weights, chunk3).rechunk(vec_d.chunks[:3])
     m_d = None if mask is None else _as_dask(mask, chunk3).rechunk(vec_d.chunks[:3])
-    vec_blocks = vec_d.to_delayed()
-    w_blocks = w_d.to_delayed()
-    m_blocks = None if m_d is None else m_d.to_delayed()
+    # unoptimised: fusing each array on its own would compute a shared upstream chunk twice
+    vec_blocks = vec_d.to_delayed(optimize_graph=False)
+    w_blocks = w_d.to_delayed(optimize_graph=False)
+    m_blocks = None if m_d is None else m_d.to_delayed(optimize_graph=False)
     starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in vec_d.chunks[:3]]
 
     def block_moments(v, w, m, origin):
-        v = np.asarray(v)
-        w = np.asarray(w, dtype=np.float32)
-        m = np.ones(w.shape, dtype=bool) if m is None else np.asarray(m, dtype=bool)
+        v = np.ascontiguousarray(v)
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        m = np.ones(w.shape, dtype=bool) if m is None else np.ascontiguousarray(m, dtype=bool)
         # the block's own target box keeps the partial sums small
         corners_to = to_target.copy()
         corners_to[:, 3] += to_target[:, :3] @ np.asarray(origin, dtype=np.float64)
@@ -356,16 +357,31 @@ def microscopy_fod(
                         vec_blocks[bi, bj, bk, 0], w_blocks[bi, bj, bk], mb, origin
                     )
                 )
-    batch = 16
-    for start in range(0, len(tasks), batch):
-        results = dask.compute(*tasks[start : start + batch], scheduler=scheduler)
-        for blo, acc in results:
-            if acc.size:
-                off = blo - lo
-                sl = tuple(slice(int(o), int(o) + s) for o, s in zip(off, acc.shape[:3], strict=True))
-                total[sl] += acc
-        if progress:
-            log.info("microscopy FOD: %d / %d chunks", min(start + batch, len(tasks)), len(tasks))
+    def add(result: tuple[np.ndarray, np.ndarray]) -> None:
+        blo, acc = result
+        if acc.size:
+            off = blo - lo
+            sl = tuple(
+                slice(int(o), int(o) + s) for o, s in zip(off, acc.shape[:3], strict=True)
+            )
+            total[sl] += acc
+
+    client = _distributed_client(scheduler)
+    if client is not None:
+        from distributed import as_completed
+
+        # futures stream back as they finish: only small partial sums are kept
+        for i, future in enumerate(as_completed(client.compute(tasks)), 1):
+            add(future.result())
+            if progress and i % 16 == 0:
+                log.info("microscopy FOD: %d / %d chunks", i, len(tasks))
+    else:
+        # one graph: each input chunk is read once and released when its consumers ran
+        # (no graph optimisation: fusing would recompute a shared upstream chunk per consumer)
+        for result in dask.compute(*tasks, scheduler=scheduler or "threads", optimize_graph=False):
+            add(result)
+    if progress:
+        log.info("microscopy FOD: %d chunks", len(tasks))
 
     matrix = monomials_to_sh(sh_order_max)
     n_coef = matrix.shape[1]
@@ -397,6 +413,13 @@ def microscopy_fod(
         odi = np.full(grid_shape, np.nan, dtype=np.float32)
     return MicroscopyFOD(sh=sh, peaks=peaks, odi=odi, count=count, weight=weight,
                          sh_order_max=int(sh_order_max))
+
+
+def _distributed_client(scheduler: Any) -> Any:
+    """The distributed Client when ``scheduler`` is one, else None."""
+    if scheduler is None or isinstance(scheduler, str):
+        return None
+    return scheduler if hasattr(scheduler, "compute") and hasattr(scheduler, "scheduler") else None
 
 
 @lru_cache(maxsize=1)

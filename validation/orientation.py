@@ -145,16 +145,30 @@ def _orientation_arrays(
     spacing: tuple[float, float, float],
     truncate: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """In-memory kernel: (Z, Y, X) -> vectors, eigenvalues (Z, Y, X, 3), anisotropy."""
+    """In-memory kernel: (Z, Y, X) -> vectors, eigenvalues (Z, Y, X, 3), anisotropy.
+
+    The three are views of one packed (Z, Y, X, 7) float32 array.
+    """
+    packed = _orientation_packed(volume, sigma, rho, spacing, truncate)
+    return packed[..., 0:3], packed[..., 3:6], packed[..., 6]
+
+
+def _orientation_packed(
+    volume: np.ndarray,
+    sigma: float,
+    rho: float,
+    spacing: tuple[float, float, float],
+    truncate: float,
+) -> np.ndarray:
+    """In-memory kernel: (Z, Y, X) -> packed (Z, Y, X, 7) float32: vector (3),
+    eigenvalues (3), anisotropy (1)."""
     vol = np.ascontiguousarray(volume, dtype=np.float32)
     nz, ny, nx = vol.shape
     n = vol.size
     kernels = [kern.gaussian_half_kernels(sigma / s, truncate) for s in spacing]
     rkernels = [kern.gaussian_half_kernels(rho / s, truncate)[0] for s in spacing]
     inv_spacing = np.array([1.0 / s for s in spacing], dtype=np.float32)
-    vectors = np.empty((nz, ny, nx, 3), dtype=np.float32)
-    eigenvalues = np.empty((nz, ny, nx, 3), dtype=np.float32)
-    anisotropy = np.empty((nz, ny, nx), dtype=np.float32)
+    packed = np.empty((nz, ny, nx, PACKED_COMPONENTS), dtype=np.float32)
     with kern.KERNEL_LOCK:
         work = _workspace(n)
         p = work[: 6 * n].reshape(6, nz, ny * nx)
@@ -176,26 +190,8 @@ def _orientation_arrays(
             p,
         )
         kern.smooth_pass_y_inplace(p.reshape(6, nz, ny, nx), rkernels[1])
-        kern.smooth_pass_z_eigen(
-            p,
-            rkernels[0],
-            vectors.reshape(nz, ny * nx * 3),
-            eigenvalues.reshape(nz, ny * nx * 3),
-            anisotropy.reshape(nz, ny * nx),
-        )
-    return vectors, eigenvalues, anisotropy
-
-
-def _orientation_packed(
-    volume: np.ndarray,
-    sigma: float,
-    rho: float,
-    spacing: tuple[float, float, float],
-    truncate: float,
-) -> np.ndarray:
-    """In-memory kernel: float32 (Z, Y, X) -> packed (Z, Y, X, 7) float32."""
-    vectors, eigenvalues, anisotropy = _orientation_arrays(volume, sigma, rho, spacing, truncate)
-    return np.concatenate([vectors, eigenvalues, anisotropy[..., None]], axis=-1)
+        kern.smooth_pass_z_eigen(p, rkernels[0], packed.reshape(nz, ny * nx * PACKED_COMPONENTS))
+    return packed
 
 
 def _as_float32(volume: Any) -> Any:
@@ -500,7 +496,7 @@ def _process_chunk(
     slab = np.asarray(slab)
     if not np.isfinite(slab).all():
         raise UserError(f"volume chunk {index} contains NaN or infinite values")
-    root = zarr.open_group(out_path, mode="r+")
+    root: Any = zarr.open_group(out_path, mode="r+")
     sel = tuple(slice(a, b) for a, b in inner)
     crop_sel = tuple(slice(a, b) for a, b in crop)
     for sigma, rho, prefix in scales:
@@ -618,7 +614,7 @@ def orient_to_ome_zarr(
     halo = tuple(max(h[a] for h in halos) for a in range(3))
     prefixes = [""] if len(pairs) == 1 else [f"scale{i}" for i in range(len(pairs))]
     mask = mask if (mask is not None and mask.active) else None
-    params = {
+    params: dict[str, Any] = {
         "kind": "structure_tensor_orientation",
         "format_version": 1,
         "scales": [
@@ -741,7 +737,7 @@ def orient_to_ome_zarr(
     if remaining == 0:
         shutil.rmtree(partial / _DONE_DIR, ignore_errors=True)
         root = zarr.open_group(str(partial), mode="r+")
-        meta = dict(root.attrs[ATTRS_KEY])
+        meta: dict[str, Any] = dict(root.attrs[ATTRS_KEY])  # type: ignore[arg-type]
         meta["complete"] = True
         root.attrs[ATTRS_KEY] = meta
         if output.exists():
@@ -773,6 +769,10 @@ def _param_diff(a: dict[str, Any] | None, b: dict[str, Any]) -> str:
     return ", ".join(f"{k}: {a.get(k)!r} != {b.get(k)!r}" for k in keys[:2])
 
 
+#: seconds to wait for a dask.distributed scheduler given by address
+CONNECT_TIMEOUT_S = 10.0
+
+
 def _get_client(scheduler: Any) -> tuple[Any, bool]:
     if scheduler is None or scheduler in ("threads", "local"):
         return None, False
@@ -782,7 +782,7 @@ def _get_client(scheduler: Any) -> tuple[Any, bool]:
         except ImportError as exc:  # pragma: no cover - distributed is a test dependency
             raise UserError("--scheduler needs the `distributed` package") from exc
         try:
-            return Client(scheduler, timeout="10s"), True
+            return Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s"), True
         except (OSError, TimeoutError) as exc:
             raise UserError(f"cannot connect to the dask scheduler at {scheduler!r}") from exc
     return scheduler, False

@@ -138,3 +138,25 @@ def test_cli_phantom_unknown_suite_is_user_error(tmp_path):
 
     assert main(["phantom", "no-such-suite", "-o", str(tmp_path / "x"), "-q"]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_phantom_uint16_microscopy_is_the_documented_linear_map(tmp_path):
+    from validation.cli import main
+    from validation.cli.phantom import UINT16_OFFSET, UINT16_RANGE
+    from validation.io.omezarr import open_ome_zarr
+
+    spec = small_spec("u", snr=None)
+    cfg = tmp_path / "u.toml"
+    _write_config(cfg, [spec])
+    out = tmp_path / "out"
+    assert main(["phantom", str(cfg), "-o", str(out), "-q", "--microscopy-dtype", "uint16",
+                 "--microscopy-voxel-um", "20"]) == 0
+    vol = open_ome_zarr(out / "u" / "microscopy.ome.zarr")
+    stored = np.asarray(vol.array)
+    assert stored.dtype == np.uint16 and stored.shape == (30, 30, 30)
+    ref = build_phantom(spec).render_microscopy(voxel_size_um=20.0).volume.compute()
+    expected = np.round(np.clip((ref - UINT16_OFFSET) / UINT16_RANGE, 0, 1) * 65535)
+    np.testing.assert_array_equal(stored, expected.astype(np.uint16))
+    mapping = vol.attrs["xscale"]["uint16_to_intensity"]
+    back = stored * mapping["scale"] + mapping["offset"]
+    assert np.max(np.abs(back - ref)) <= UINT16_RANGE / 65535

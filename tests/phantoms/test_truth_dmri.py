@@ -167,3 +167,16 @@ def test_order8_delta_pair_merges_below_documented_angle():
     assert n_maxima(26.0) == 1
     assert n_maxima(34.0) == 2
     assert n_maxima(60.0) == 2
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rot=st.tuples(*[st.floats(-180.0, 180.0, allow_nan=False)] * 3))
+def test_any_rotation_rotates_the_truth_peaks(rot):
+    from scipy.spatial.transform import Rotation
+
+    spec = small_spec(kappa=np.inf, undulation_amplitude_um=0.0, rotation_deg=rot)
+    t = build_phantom(spec).truth()
+    axis = Rotation.from_euler("xyz", rot, degrees=True).as_matrix() @ [1.0, 0.0, 0.0]
+    first = t.peaks[t.nufo == 1][:, 0]
+    assert len(first) > 5
+    assert _axial_deg(first, axis[None]).max() < 1e-4  # arccos near 1: ~1e-6 deg is eps

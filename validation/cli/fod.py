@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which (sigma, rho) pair of the orientation file (0)")
     parser.add_argument("--sh-order", type=int, default=8, help="even maximum SH order (8)")
     parser.add_argument("--npeaks", type=int, default=3, help="peaks per voxel (3)")
-    parser.add_argument("--relative-peak-threshold", type=float, default=0.5)
+    parser.add_argument("--relative-peak-threshold", type=float, default=0.25,
+                        help="peaks below this fraction of the largest are dropped (0.25)")
     parser.add_argument("--min-separation-angle", type=float, default=25.0)
     parser.add_argument("--min-anisotropy", type=float, default=0.0,
                         help="ignore voxels with (l2 - l3) / l1 below this (0)")
@@ -74,12 +75,13 @@ def _load_grid(path: str) -> tuple[tuple[int, int, int], np.ndarray]:
     if not p.exists():
         raise FileNotFoundError(f"{path!r} does not exist")
     try:
-        img = nib.load(str(p))
+        img: Any = nib.load(str(p))
     except Exception as exc:
         raise UserError(f"--grid {path!r}: cannot read NIfTI ({exc})") from exc
     if len(img.shape) < 3:
         raise UserError(f"--grid {path!r}: image of shape {img.shape} is not 3-D or 4-D")
-    return tuple(int(s) for s in img.shape[:3]), np.asarray(img.affine, dtype=np.float64)
+    shape = (int(img.shape[0]), int(img.shape[1]), int(img.shape[2]))
+    return shape, np.asarray(img.affine, dtype=np.float64)
 
 
 def _world_transform(paths: list[str], invert: bool) -> np.ndarray:

@@ -339,7 +339,7 @@ def write_ome_zarr(
         if n_channels is not None:
             source = da.moveaxis(source, 3, 0)
         source = source.rechunk(target.chunks)
-        da.store(source, target, lock=False)
+        da.store(source, target, lock=False)  # type: ignore[arg-type]
         _replace_dir(tmp, path, overwrite=overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -349,7 +349,7 @@ def write_ome_zarr(
 
 def read_multiscales(group: zarr.Group, *, where: str = "") -> dict[str, Any]:
     """Return the first NGFF ``multiscales`` entry of a group (0.4 or 0.5 layout)."""
-    attrs = dict(group.attrs)
+    attrs: dict[str, Any] = dict(group.attrs)
     ms = attrs.get("multiscales")
     if ms is None and isinstance(attrs.get("ome"), dict):
         ms = attrs["ome"].get("multiscales")
@@ -423,7 +423,7 @@ def open_ome_zarr(
     ms = read_multiscales(group, where=where)
     ds_path, axes, scale, translation = _level_geometry(ms, level, where)
     try:
-        arr = group[ds_path]
+        arr: Any = group[ds_path]
     except KeyError as exc:
         raise UserError(f"{where}: dataset {ds_path!r} of level {level} is missing") from exc
     if arr.ndim != len(axes):
@@ -436,7 +436,9 @@ def open_ome_zarr(
         )
     units_found = {axes[i].get("unit") for i in spatial}
     if len(units_found) != 1:
-        raise UserError(f"{where}: spatial axes have different units {sorted(map(str, units_found))}")
+        raise UserError(
+            f"{where}: spatial axes have different units {sorted(map(str, units_found))}"
+        )
     unit_value = units_found.pop()
     units = normalise_unit(unit_value or "micrometer", what=f"{where}: unit")
     spacing = tuple(scale[i] for i in spatial)

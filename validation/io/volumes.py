@@ -17,8 +17,8 @@ import numpy as np
 
 from validation.errors import UserError
 from validation.io.omezarr import (
-    OmeZarrVolume,
     SPATIAL_UNITS_UM,
+    OmeZarrVolume,
     _check_spacing,
     normalise_unit,
     open_ome_zarr,
@@ -163,8 +163,7 @@ def open_tiff(
             page_shape = squeezed[1:]
 
             def _read_page(fname: str, index: int) -> np.ndarray:
-                with tifffile.TiffFile(fname) as t:
-                    return t.series[0].pages[index].asarray().reshape(page_shape)
+                return np.asarray(tifffile.imread(fname, key=index)).reshape(page_shape)
 
             array = da.stack(
                 [
@@ -211,7 +210,7 @@ def open_nifti(path: str | os.PathLike, *, chunks: int = 64) -> OmeZarrVolume:
 
     path = Path(path)
     try:
-        img = nib.load(str(path))
+        img: Any = nib.load(str(path))
     except Exception as exc:
         raise UserError(f"{str(path)!r}: cannot read NIfTI ({exc})") from exc
     shape = tuple(int(s) for s in img.shape)
