@@ -6,6 +6,7 @@ import pytest
 from phantom_helpers import small_spec
 
 from phantoms import CaseSpec, build_phantom
+from validation.cases import derive_seed
 from validation.errors import UserError
 from validation.io.nifti import (
     load_gradients,
@@ -112,7 +113,8 @@ def test_cli_phantom_writes_loadable_datasets(tmp_path):
     suite = tomllib.loads((out / "suite.toml").read_text())
     assert [CaseSpec.from_dict(c) for c in suite["cases"]] == specs
     ds = load_dataset(out / "two" / "manifest.toml")
-    ph = build_phantom(specs[1])
+    # the CLI derives per-case seeds as `xscale run` does (--seed, default 0)
+    ph = build_phantom(specs[1], rng=derive_seed(0, "two", "phantom"))
     t = ph.truth()
     np.testing.assert_allclose(ds.affine, ph.grid.affine, atol=1e-6)
     peaks = load_nifti(out / "two" / "truth_peaks.nii.gz").data
@@ -128,6 +130,10 @@ def test_cli_phantom_writes_loadable_datasets(tmp_path):
     idx = np.array([[0.0, 0.0, 0.0], [59.0, 10.0, 3.0]])
     mic = ph.render_microscopy()
     expected = idx @ mic.affine[:3, :3].T + mic.affine[:3, 3]
+    # the written noisy dMRI is the in-memory one with the derived noise seed
+    dwi = load_nifti(out / "two" / "dwi.nii.gz").data
+    np.testing.assert_allclose(
+        dwi, ph.simulate_dmri(rng=derive_seed(0, "two", "dmri")).data.astype(np.float32))
     np.testing.assert_allclose(level.voxels_to_dmri(idx), expected, atol=1e-6)
     # existing output is refused without --overwrite (exit 2)
     assert main(["phantom", str(cfg), "-o", str(out), "-q"]) == 2
@@ -154,7 +160,8 @@ def test_cli_phantom_uint16_microscopy_is_the_documented_linear_map(tmp_path):
     vol = open_ome_zarr(out / "u" / "microscopy.ome.zarr")
     stored = np.asarray(vol.array)
     assert stored.dtype == np.uint16 and stored.shape == (30, 30, 30)
-    ref = build_phantom(spec).render_microscopy(voxel_size_um=20.0).volume.compute()
+    ref = build_phantom(spec, rng=derive_seed(0, "u", "phantom")).render_microscopy(
+        voxel_size_um=20.0, rng=derive_seed(0, "u", "microscopy")).volume.compute()
     expected = np.round(np.clip((ref - UINT16_OFFSET) / UINT16_RANGE, 0, 1) * 65535)
     np.testing.assert_array_equal(stored, expected.astype(np.uint16))
     mapping = vol.attrs["xscale"]["uint16_to_intensity"]

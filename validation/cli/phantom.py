@@ -223,7 +223,7 @@ def _write_microscopy(
             units="micrometer", chunks=chunks, name=label, attrs=extra,
         ))
     # one pass: each chunk is rendered once for both images (chunks align: no locks)
-    da.store([volume, mask], targets, lock=False)
+    da.store([volume, mask], targets, lock=False)  # type: ignore[arg-type]  # zarr arrays
     # microscopy world (x, y, z) mm = reversed array axes * spacing; to dMRI world mm
     v2w = np.zeros((4, 4))
     v2w[3, 3] = 1.0
