@@ -27,6 +27,7 @@ from reports.tables import (
     format_ci,
     format_number,
     leaderboard,
+    write_crossscale_table,
     write_leaderboard,
     write_metric_table,
 )
@@ -192,6 +193,9 @@ def _build_figures(run: RunData, folder: Path, main: list[str]) -> dict[str, lis
 def _tables(run: RunData, folder: Path, main: list[str]) -> tuple[list[TableFile], Any]:
     rows = leaderboard(run, main)
     files = [write_leaderboard(run, rows, main, folder)]
+    crossscale = write_crossscale_table(run, folder)
+    if crossscale is not None:
+        files.append(crossscale)
     for metric in main:
         for by in ("region", "case"):
             table = write_metric_table(run, metric, by, folder)
@@ -252,6 +256,15 @@ def _crossscale_section(run: RunData) -> dict[str, Any] | None:
     return {"metrics": metrics, "rows": rows}
 
 
+def _significant(value: float) -> str:
+    """3 significant digits, also for small spreads and errors ("n/a" for NaN)."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    if float(value).is_integer():
+        return format_number(value)
+    return f"{value:.3g}"
+
+
 def _registration_section(run: RunData) -> dict[str, Any] | None:
     """Spread of each score under registration perturbations, and landmark errors."""
     table = run.registration()
@@ -266,11 +279,11 @@ def _registration_section(run: RunData) -> dict[str, Any] | None:
             get = {st: lookup.get((model, metric, st), math.nan)
                    for st in ("score", "perturbed_median", "std", "min", "max", "range", "n")}
             spread.append({"model": run.display_name(model), "metric": metric,
-                           **{k: format_number(v) for k, v in get.items()}})
+                           **{k: _significant(v) for k, v in get.items()}})
     lm = table[table["model"] == "landmarks"]
     landmarks = [{"case": r.case, "level": r.level,
                   "metric": str(r.metric).removeprefix("landmark_"),
-                  "value": format_number(r.value)} for r in lm.itertuples(index=False)]
+                  "value": _significant(r.value)} for r in lm.itertuples(index=False)]
     settings = run.provenance.get("registration") or run.config.get("registration") or {}
     return {"spread": spread, "landmarks": landmarks,
             "settings": {str(k): str(v) for k, v in dict(settings).items()}}
@@ -283,7 +296,7 @@ def registration_spread_text(run: RunData) -> dict[tuple[str, str], str]:
         return {}
     rows = table[(table["case"] == ALL) & (table["statistic"] == "std")
                  & (table["model"] != "landmarks")]
-    return {(r.model, r.metric): "\u00b1 " + format_number(r.value)
+    return {(r.model, r.metric): "\u00b1 " + _significant(r.value)
             for r in rows.itertuples(index=False) if math.isfinite(r.value)}
 
 

@@ -261,3 +261,39 @@ def write_metric_table(
                        "l" + "c" * len(keys))
     (folder / f"{stem}.tex").write_text(tex, encoding="utf-8")
     return TableFile(stem, caption)
+
+
+def write_crossscale_table(run: RunData, folder: Path) -> TableFile | None:
+    """crossscale.csv/.tex: median with 95% CI per microscopy level pair and metric
+    (case = all); None when the run has no crossscale.csv."""
+    table = run.crossscale()
+    if table is None:
+        return None
+    rows = table[(table["case"] == ALL) & (table["statistic"] == "median")]
+    if rows.empty:
+        return None
+    metrics = list(pd.unique(rows["metric"]))
+    pairs = list(dict.fromkeys(zip(rows["source_a"], rows["source_b"], strict=True)))
+    lookup = {(r.source_a, r.source_b, r.metric): (r.value, r.ci_low, r.ci_high)
+              for r in rows.itertuples(index=False)}
+    nan3 = (math.nan, math.nan, math.nan)
+    records, body = [], []
+    for a, b in pairs:
+        rec: dict[str, object] = {"source_a": a, "source_b": b}
+        cells = [latex_escape(a), latex_escape(b)]
+        for m in metrics:
+            value, lo, hi = lookup.get((a, b, m), nan3)
+            rec.update({f"{m}_median": value, f"{m}_ci_low": lo, f"{m}_ci_high": hi})
+            ci = format_ci(lo, hi)
+            cells.append(format_number(value) + (f" {ci}" if ci else ""))
+        records.append(rec)
+        body.append(cells)
+    caption = ("Cross-scale agreement of microscopy levels on the dMRI grid (case = all): "
+               "median with bootstrap 95\\% CI over fibre voxels covered by both levels of "
+               + ", ".join(latex_escape(m) for m in metrics) + ".")
+    _write_csv(pd.DataFrame(records), folder / "crossscale.csv")
+    header = ["Level A", "Level B"] + [latex_escape(m) for m in metrics]
+    (folder / "crossscale.tex").write_text(
+        _latex_table(header, body, caption, "tab:xscale-crossscale",
+                     "ll" + "c" * len(metrics)), encoding="utf-8")
+    return TableFile("crossscale", caption)

@@ -325,6 +325,9 @@ def _load_dataset(path: Path) -> Any:
                     f"view: it maps to dMRI voxels {span}, the grid is "
                     f"{' x '.join(map(str, grid))} (overlap 0%)"
                 )
+            if fraction < 1.0:
+                log.warning("%s: microscopy %r lies %.0f%% inside the dMRI field of view",
+                            source, level.name, 100 * fraction)
             level.overlap_fraction = fraction
         ds.microscopy.append(level)
     for key, value in manifest.get("truth", {}).items():

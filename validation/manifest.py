@@ -99,6 +99,8 @@ _MICRO_KEYS: dict[str, Any] = {
     "transform": list,
     "description": str, "source": str,
     "mask": str,  # tissue mask volume (non-zero = tissue), same shape as the level
+    "landmarks": str,  # paired landmarks CSV (validation.landmarks), placement by fit
+    "landmark_transform": str,  # "rigid", "similarity" or "affine"
 }
 _TRUTH_KEYS: dict[str, type] = {
     "peaks": str, "fractions": str, "nufo": str, "mask": str, "fod_sh": str, "bundles": str,

@@ -6,6 +6,13 @@ on the dMRI grid, simulates the dMRI signal, fits every model (failures isolated
 recorded), scores every orientation source against the geometric truth voxel by voxel,
 optionally tracks and scores tractograms; then aggregates, writes the run directory
 (design.md) and builds the report.
+
+Cases with several microscopy levels also get every pair of levels compared on the dMRI
+grid (``crossscale.csv``, :mod:`validation.crossscale`); ``[registration]
+perturbations = n`` re-places the microscopy n times and records how far each main
+score moves (``registration.csv``, :mod:`validation.uncertainty`), next to the landmark
+errors of levels placed by landmarks. Datasets (``[data] manifest``) are loaded and
+checked before the run directory is created, so bad input writes nothing.
 """
 
 from __future__ import annotations
@@ -343,7 +350,8 @@ def _source_label(index: int, level: MicroscopyInput, n_levels: int) -> str:
 
     if n_levels == 1 or index == 0:
         return MICROSCOPY_LABEL
-    return f"{MICROSCOPY_LABEL}{slugify(level.name)}" or f"{MICROSCOPY_LABEL}{index}"
+    slug = slugify(level.name) or str(index)
+    return slug if slug.startswith(MICROSCOPY_LABEL) else f"{MICROSCOPY_LABEL}{slug}"
 
 
 def run(
@@ -634,8 +642,8 @@ def _registration_perturbations(
         mask = np.asarray(ref.mask, bool)
         for label, (peaks, sh) in rescored.items():
             values = score_source(ref, peaks, sh, threshold_deg=threshold, sphere=sphere)
-            table = pd.DataFrame({"case": case.case_id, "model": label, "perturbation": k,
-                                  "n_voxels": int(mask.sum())}, index=range(int(mask.sum())))
+            table = pd.DataFrame({"case": case.case_id, "model": label, "perturbation": k},
+                                 index=range(int(mask.sum())))
             for name in VOXEL_METRICS:
                 table[name] = values[name]
             tables.append(table)
