@@ -275,3 +275,137 @@ def accumulate_voxels(
         for q in range(npow):
             moments[v, q] += vf * px[powers[q, 0]] * py[powers[q, 1]] * pz[powers[q, 2]]
     return fib, intra, scatter, stick, vox, moments
+
+
+@njit(cache=True)
+def traversed_voxels(points, offsets, lengths, shape):  # pragma: no cover - compiled
+    """Flat indices of the voxels each polyline passes through (voxel coordinates, voxel
+    centres at integers, voxel ``floor(p + 0.5)``), the voxelisation of
+    ``metrics.tractography``: the voxels of a segment's end points plus, at every voxel
+    face ``x_a = k + 1/2`` it crosses, the two voxels on either side of the face (the other
+    coordinates taken at the crossing). Voxels outside the grid are skipped.
+
+    Returns ``(flat, counts)``: the voxels of polyline ``s`` (repeats included) are
+    ``flat[sum(counts[:s]):sum(counts[:s + 1])]``.
+    """
+    nx, ny, nz = shape[0], shape[1], shape[2]
+    out = np.empty(max(16, 8 * points.shape[0]), np.int64)
+    counts = np.zeros(offsets.shape[0], np.int64)
+    vox = np.empty(3, np.int64)
+    n = 0
+    for s in range(offsets.shape[0]):
+        start = n
+        for a in range(offsets[s], offsets[s] + max(lengths[s] - 1, 1)):
+            # room for this segment's voxels: 2 ends + 2 per crossed face
+            need = 2
+            if lengths[s] > 1:
+                for c in range(3):
+                    need += 2 * abs(np.int64(math.floor(points[a + 1, c] + 0.5))
+                                    - np.int64(math.floor(points[a, c] + 0.5)))
+            if n + need > out.shape[0]:
+                grown = np.empty(2 * out.shape[0] + need, np.int64)
+                grown[:n] = out[:n]
+                out = grown
+            ends = 2 if lengths[s] > 1 else 1
+            for end in range(ends):
+                for c in range(3):
+                    vox[c] = np.int64(math.floor(points[a + end, c] + 0.5))
+                if 0 <= vox[0] < nx and 0 <= vox[1] < ny and 0 <= vox[2] < nz:
+                    out[n] = (vox[0] * ny + vox[1]) * nz + vox[2]
+                    n += 1
+            if lengths[s] < 2:
+                continue
+            for axis in range(3):
+                x0 = points[a, axis]
+                x1 = points[a + 1, axis]
+                v0 = np.int64(math.floor(x0 + 0.5))
+                v1 = np.int64(math.floor(x1 + 0.5))
+                for face in range(min(v0, v1), max(v0, v1)):
+                    t = (face + 0.5 - x0) / (x1 - x0)
+                    for c in range(3):
+                        if c != axis:
+                            q = points[a, c] + t * (points[a + 1, c] - points[a, c])
+                            vox[c] = np.int64(math.floor(q + 0.5))
+                    for side in range(2):
+                        vox[axis] = face + side
+                        if 0 <= vox[0] < nx and 0 <= vox[1] < ny and 0 <= vox[2] < nz:
+                            out[n] = (vox[0] * ny + vox[1]) * nz + vox[2]
+                            n += 1
+        counts[s] = n - start
+    return out[:n], counts
+
+
+@njit(cache=True)
+def clip_polylines(p0, p1, tube, use, voxel_um, shape, inset):  # pragma: no cover - compiled
+    """Clip the segments of tubes to the grid's field of view, in dMRI voxel coordinates.
+
+    Segments (``p0``, ``p1`` in um, grouped by tube and ordered along it; only those with
+    ``use``) are mapped to voxel coordinates ``x / voxel_um - 0.5`` and clipped to the box
+    [-0.5, n - 0.5] (Liang-Barsky). Consecutive clipped segments of one tube that join
+    inside the box form a run (a polyline). All points are then clamped ``inset`` voxels
+    inside the box.
+
+    Returns ``points`` (P, 3), ``offsets`` (R,), ``lengths`` (R,), ``run_tube`` (R,).
+    """
+    n_seg = p0.shape[0]
+    points = np.empty((2 * n_seg, 3))
+    offsets = np.empty(n_seg, np.int64)
+    run_tube = np.empty(n_seg, np.int64)
+    a = np.empty(3)
+    d = np.empty(3)
+    n_pts = 0
+    n_runs = 0
+    open_run = False  # the previous segment ended inside and the run may go on
+    prev = -1
+    for s in range(n_seg):
+        if not use[s]:
+            open_run = False
+            continue
+        t0 = 0.0
+        t1 = 1.0
+        empty = False
+        for c in range(3):
+            a[c] = p0[s, c] / voxel_um[c] - 0.5
+            d[c] = (p1[s, c] / voxel_um[c] - 0.5) - a[c]
+            lo = -0.5
+            hi = shape[c] - 0.5
+            if d[c] == 0.0:
+                if a[c] < lo or a[c] > hi:
+                    empty = True
+                continue
+            ta = (lo - a[c]) / d[c]
+            tb = (hi - a[c]) / d[c]
+            if ta > tb:
+                ta, tb = tb, ta
+            t0 = max(t0, ta)
+            t1 = min(t1, tb)
+        if empty or not t0 < t1:
+            open_run = False
+            continue
+        joined = (
+            open_run and t0 == 0.0 and prev == s - 1 and tube[s] == tube[prev]
+            and p0[s, 0] == p1[prev, 0] and p0[s, 1] == p1[prev, 1]
+            and p0[s, 2] == p1[prev, 2]
+        )
+        if not joined:
+            offsets[n_runs] = n_pts
+            run_tube[n_runs] = tube[s]
+            n_runs += 1
+            for c in range(3):
+                points[n_pts, c] = a[c] + t0 * d[c]
+            n_pts += 1
+        for c in range(3):
+            points[n_pts, c] = a[c] + t1 * d[c]
+        n_pts += 1
+        open_run = t1 == 1.0
+        prev = s
+    points = points[:n_pts]
+    for p in range(n_pts):
+        for c in range(3):
+            points[p, c] = min(max(points[p, c], -0.5 + inset), shape[c] - 0.5 - inset)
+    offsets = offsets[:n_runs].copy()
+    lengths = np.empty(n_runs, np.int64)
+    for r in range(n_runs):
+        end = offsets[r + 1] if r + 1 < n_runs else n_pts
+        lengths[r] = end - offsets[r]
+    return points, offsets, lengths, run_tube[:n_runs].copy()

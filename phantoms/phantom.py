@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from phantoms import _kernels
 from phantoms import dmri as _dmri
 from phantoms.errors import PhantomError
 from phantoms.geometry import Geometry, build_geometry
@@ -18,6 +19,8 @@ from phantoms.spec import CaseSpec
 S0 = 100.0
 #: streamlines kept per truth bundle (evenly spread over its axons)
 STREAMLINES_PER_BUNDLE = 200
+#: truth streamline points lie this far (voxels) inside the grid's outer faces
+ENDPOINT_INSET_VOX = 1e-3
 
 
 @dataclass(frozen=True)
@@ -146,48 +149,67 @@ class Phantom:
         )
 
     def _truth_bundles(self, sums: _dmri.VoxelSums) -> list[TruthBundle]:
-        from scipy import ndimage
+        """Truth bundles, consistent by construction (docs/phantoms.md):
+
+        * every axon is clipped to the field of view (faces at voxel coordinates -0.5 and
+          n - 0.5; points moved `ENDPOINT_INSET_VOX` inside); its pieces inside are runs;
+        * ``mask`` = voxels where the bundle's fraction >= MIN_FRACTION (where the truth
+          has the bundle's peak);
+        * ``head_roi`` / ``tail_roi`` = voxels holding the point where an axon first enters
+          / last leaves the field of view, dilated by one voxel (6-connected), within the
+          mask;
+        * streamlines: axons inside the field of view in one piece whose every traversed
+          voxel (the tractometer's voxelisation) lies in the mask, chosen first to cover
+          the mask (greedy), then evenly; so each starts in the head ROI, ends in the tail
+          ROI, and stays within the mask and the grid.
+        """
+        from scipy import ndimage, sparse
 
         g = self.geometry
         shape = self.grid.shape
-        vox_um = self.voxel_um
-        fov = g.fov_um
-        mid = 0.5 * (g.p0 + g.p1)
-        inside = np.all((mid >= 0) & (mid < fov), axis=1) & g.is_axon
-        tube_in = g.tube[inside]
-        seg_in = np.flatnonzero(inside)
-        # first / last inside segment of each tube (segments are ordered along tubes)
-        tubes, first = np.unique(tube_in, return_index=True)
-        last = len(tube_in) - 1 - np.unique(tube_in[::-1], return_index=True)[1]
+        n = np.asarray(shape, dtype=np.int64)
+        runs = _clip_to_fov(g, self.voxel_um, shape)
+        n_vox = int(np.prod(shape))
         out = []
         for b, name in enumerate(g.bundle_names):
-            sel = g.tube_bundle[tubes] == b
             mask = (sums.fractions[:, b] >= _dmri.MIN_FRACTION).reshape(shape)
+            mine = np.flatnonzero(g.tube_bundle[runs.tube] == b)
+            flat_mask = mask.ravel()
 
             def roi(points: np.ndarray, mask=mask) -> np.ndarray:
-                r = np.zeros(shape, dtype=bool)
-                idx = np.clip(np.floor(points / vox_um).astype(int), 0, np.array(shape) - 1)
-                r[tuple(idx.T)] = True
-                r = ndimage.binary_dilation(r, iterations=1) & mask
-                return r
+                r = np.zeros(n_vox, dtype=bool)
+                idx = np.floor(points + 0.5).astype(np.int64)
+                ok = np.all((idx >= 0) & (idx < n), axis=1)
+                idx = idx[ok]
+                r[(idx[:, 0] * n[1] + idx[:, 1]) * n[2] + idx[:, 2]] = True
+                return ndimage.binary_dilation(r.reshape(shape), iterations=1) & mask
 
-            head = roi(g.p0[seg_in[first[sel]]])
-            tail = roi(g.p1[seg_in[last[sel]]])
-            tube_ids = tubes[sel]
-            pick = tube_ids[np.unique(
-                np.linspace(0, len(tube_ids) - 1, min(STREAMLINES_PER_BUNDLE, len(tube_ids)))
-                .round().astype(int)
-            )] if len(tube_ids) else tube_ids
-            streamlines = []
-            pos = np.searchsorted(tubes, pick)
-            for a, z in zip(first[pos], last[pos], strict=True):
-                s = seg_in[a:z + 1]
-                # keep the longest run of consecutive segments
-                breaks = np.flatnonzero(np.diff(s) != 1) + 1
-                runs = np.split(s, breaks)
-                run = max(runs, key=len)
-                pts = np.concatenate([g.p0[run], g.p1[run[-1:]]])
-                streamlines.append(pts / vox_um - 0.5)
+            # the first run of each tube starts where it enters, the last ends where it leaves
+            tubes = runs.tube[mine]
+            first = mine[np.r_[True, tubes[1:] != tubes[:-1]]] if len(mine) else mine
+            last = mine[np.r_[tubes[1:] != tubes[:-1], True]] if len(mine) else mine
+            head = roi(runs.points[runs.offsets[first]])
+            tail = roi(runs.points[runs.offsets[last] + runs.lengths[last] - 1])
+            # candidates: tubes inside in one piece, every traversed voxel in the mask
+            single = first[first == last]
+            cand = single[runs.lengths[single] >= 2]
+            flat, counts = _kernels.traversed_voxels(
+                runs.points, runs.offsets[cand], runs.lengths[cand], n
+            )
+            owner = np.repeat(np.arange(len(cand)), counts)
+            ok = np.bincount(owner, weights=~flat_mask[flat], minlength=len(cand)) == 0
+            keep = ok[owner]
+            cover = sparse.coo_matrix(
+                (np.ones(int(keep.sum())), ((np.cumsum(ok) - 1)[owner[keep]], flat[keep])),
+                shape=(int(ok.sum()), n_vox),
+            ).tocsr()  # sums repeats
+            cover.data[:] = 1.0
+            cand = cand[ok]
+            pick = _cover_then_even(cover, flat_mask, STREAMLINES_PER_BUNDLE)
+            streamlines = [
+                runs.points[runs.offsets[r]:runs.offsets[r] + runs.lengths[r]].copy()
+                for r in cand[pick]
+            ]
             out.append(TruthBundle(name, streamlines, head, tail, mask))
         return out
 
@@ -262,6 +284,57 @@ class Phantom:
             affine=self.microscopy_affine(spacing),
             contrast=model.name,
         )
+
+
+@dataclass(frozen=True)
+class _Runs:
+    """Axon pieces inside the field of view, in dMRI voxel coordinates: run ``r`` is
+    ``points[offsets[r]:offsets[r] + lengths[r]]`` of tube ``tube[r]``; runs are ordered by
+    tube and along it."""
+
+    points: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
+    tube: np.ndarray
+
+
+def _clip_to_fov(g: Geometry, voxel_um: np.ndarray, shape: tuple[int, int, int]) -> _Runs:
+    """Clip every axon polyline to the field of view (`_kernels.clip_polylines`).
+
+    In voxel coordinates the field of view is [-0.5, n - 0.5] per axis; the points are then
+    moved `ENDPOINT_INSET_VOX` inside it, so that each lies strictly inside the grid (in
+    voxel ``floor(p + 0.5)``), also after a float32 round trip through world mm.
+    """
+    points, offsets, lengths, tube = _kernels.clip_polylines(
+        g.p0, g.p1, g.tube, g.is_axon, np.asarray(voxel_um, dtype=np.float64),
+        np.asarray(shape, dtype=np.int64), float(ENDPOINT_INSET_VOX),
+    )
+    return _Runs(points, offsets, lengths, tube)
+
+
+def _cover_then_even(cover, target: np.ndarray, n_max: int) -> np.ndarray:
+    """Rows of the 0/1 sparse matrix ``cover`` (candidates x voxels): greedily the row
+    covering the most still uncovered ``target`` voxels (lowest index on ties) until all
+    are covered, then evenly spread rows up to ``n_max``; sorted."""
+    m = cover.shape[0]
+    if m == 0 or n_max <= 0:
+        return np.zeros(0, dtype=np.int64)
+    need = target.astype(np.float64)
+    chosen: list[int] = []
+    while len(chosen) < n_max:
+        gain = cover @ need
+        best = int(np.argmax(gain))
+        if gain[best] <= 0:
+            break
+        chosen.append(best)
+        need[cover.indices[cover.indptr[best]:cover.indptr[best + 1]]] = 0.0
+    rest = np.setdiff1d(np.arange(m), chosen)
+    k = min(n_max - len(chosen), len(rest))
+    if k > 0:
+        rest = rest[np.unique(np.linspace(0, len(rest) - 1, k).round().astype(np.int64))]
+    else:
+        rest = rest[:0]
+    return np.sort(np.concatenate([np.asarray(chosen, dtype=np.int64), rest]))
 
 
 def build_phantom(spec: CaseSpec, *, rng: int | np.random.Generator | None = None) -> Phantom:
