@@ -252,13 +252,29 @@ class TractometerResult:
 
 
 def _flatten_streamlines(streamlines) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Points (N, 3) float64, offsets (S,) and lengths (S,) of a streamline collection."""
+    """Points (N, 3), offsets (S,) and lengths (S,) of a streamline collection.
+
+    Points stay float32 when they are float32 (a loaded tractogram: no float64 copy of
+    all points); every computation on them promotes to float64 first, so the results
+    do not depend on the storage type. A compact ArraySequence is used without a copy.
+    """
     data = getattr(streamlines, "_data", None)
     if data is not None and hasattr(streamlines, "_offsets"):  # dipy / nibabel ArraySequence
-        seq = streamlines.copy() if hasattr(streamlines, "copy") else streamlines
-        points = np.asarray(seq._data, dtype=np.float64)
-        offsets = np.asarray(seq._offsets, dtype=np.int64)
-        lengths = np.asarray(seq._lengths, dtype=np.int64)
+        offsets = np.asarray(streamlines._offsets, dtype=np.int64)
+        lengths = np.asarray(streamlines._lengths, dtype=np.int64)
+        total = int(lengths.sum())
+        ends = np.cumsum(lengths)
+        compact = len(offsets) == 0 or (
+            offsets[0] == 0 and np.array_equal(offsets[1:], ends[:-1]) and len(data) >= total)
+        if compact:
+            points = np.asarray(data)[:total]
+        else:
+            seq = streamlines.copy()
+            points = np.asarray(seq._data)
+            offsets = np.asarray(seq._offsets, dtype=np.int64)
+            lengths = np.asarray(seq._lengths, dtype=np.int64)
+        if points.dtype not in (np.float32, np.float64):
+            points = points.astype(np.float64)
     else:
         arrays = [np.asarray(s, dtype=np.float64) for s in streamlines]
         for i, s in enumerate(arrays):
@@ -271,13 +287,30 @@ def _flatten_streamlines(streamlines) -> tuple[np.ndarray, np.ndarray, np.ndarra
         raise MetricInputError(f"streamline points have shape {points.shape}; expected (N, 3)")
     if len(lengths) and lengths.min() < 1:
         raise MetricInputError("streamlines must have at least one point each")
-    if not np.all(np.isfinite(points)):
+    if not _all_finite(points):
         raise MetricInputError("streamlines contain NaN or infinite coordinates")
     return points, offsets, lengths
 
 
+@numba.njit(cache=True)
+def _all_finite(points):  # pragma: no cover
+    for i in range(points.shape[0]):
+        for c in range(points.shape[1]):
+            if not np.isfinite(points[i, c]):
+                return False
+    return True
+
+
 def _voxel_of(points: np.ndarray) -> np.ndarray:
-    return np.floor(points + 0.5).astype(np.int64)
+    return np.floor(np.asarray(points, dtype=np.float64) + 0.5).astype(np.int64)
+
+
+def _flat_points(points: np.ndarray, shape: tuple[int, ...], chunk: int = 1 << 20) -> np.ndarray:
+    """Flat voxel index (-1 outside) of every point, (N,) int64, in chunks (bounded memory)."""
+    out = np.empty(len(points), dtype=np.int64)
+    for start in range(0, len(points), chunk):
+        out[start:start + chunk] = _flat_index(_voxel_of(points[start:start + chunk]), shape)
+    return out
 
 
 def _flat_index(vox: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -296,58 +329,52 @@ def _compose(i: np.ndarray, j: np.ndarray, k: np.ndarray, shape) -> np.ndarray:
     return flat
 
 
-def _segment_index(offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Index of the first point of every segment (segments never join streamlines)."""
-    n_points = int(lengths.sum())
-    is_last = np.zeros(n_points, dtype=bool)
-    is_last[offsets + lengths - 1] = True
-    return np.flatnonzero(~is_last)
+@numba.njit(cache=True)
+def _mark_segment(points, a, shape, covered, vox):  # pragma: no cover
+    """Mark in ``covered`` (flat, bool) the voxels the segment from point a to a + 1 passes
+    through: those of both end points and, at every crossed voxel face, the two voxels on
+    either side of the face (module docstring). Coordinates are promoted to float64."""
+    nx, ny, nz = shape[0], shape[1], shape[2]
+    for end in range(2):
+        for c in range(3):
+            vox[c] = np.int64(np.floor(np.float64(points[a + end, c]) + 0.5))
+        if 0 <= vox[0] < nx and 0 <= vox[1] < ny and 0 <= vox[2] < nz:
+            covered[(vox[0] * ny + vox[1]) * nz + vox[2]] = True
+    for axis in range(3):
+        x0 = np.float64(points[a, axis])
+        x1 = np.float64(points[a + 1, axis])
+        v0 = np.int64(np.floor(x0 + 0.5))
+        v1 = np.int64(np.floor(x1 + 0.5))
+        lo = min(v0, v1)
+        hi = max(v0, v1)
+        for face in range(lo, hi):
+            t = (face + 0.5 - x0) / (x1 - x0)
+            for c in range(3):
+                if c != axis:
+                    p0 = np.float64(points[a, c])
+                    q = p0 + t * (np.float64(points[a + 1, c]) - p0)
+                    vox[c] = np.int64(np.floor(q + 0.5))
+            for side in range(2):
+                vox[axis] = face + side
+                if 0 <= vox[0] < nx and 0 <= vox[1] < ny and 0 <= vox[2] < nz:
+                    covered[(vox[0] * ny + vox[1]) * nz + vox[2]] = True
 
 
 @numba.njit(cache=True)
-def _mark_segments(points, seg_start, first, stop, shape, covered):  # pragma: no cover
-    """Mark in ``covered`` (flat, bool) the voxels segments ``first..stop-1`` pass through.
-
-    Marks the voxels of both end points and, at every crossed voxel face, the two voxels
-    on either side of the face (module docstring).
-    """
+def _mark_streamlines(points, offsets, lengths, selected, shape, covered):  # pragma: no cover
+    """Mark the voxels the selected streamlines (indices) pass through: all their
+    segments, or the voxel of their one point."""
     nx, ny, nz = shape[0], shape[1], shape[2]
     vox = np.empty(3, np.int64)
-    for i in range(first, stop):
-        a = seg_start[i]
-        for end in range(2):
+    for s in selected:
+        start = offsets[s]
+        if lengths[s] == 1:
             for c in range(3):
-                vox[c] = np.int64(np.floor(points[a + end, c] + 0.5))
+                vox[c] = np.int64(np.floor(np.float64(points[start, c]) + 0.5))
             if 0 <= vox[0] < nx and 0 <= vox[1] < ny and 0 <= vox[2] < nz:
                 covered[(vox[0] * ny + vox[1]) * nz + vox[2]] = True
-        for axis in range(3):
-            x0 = points[a, axis]
-            x1 = points[a + 1, axis]
-            v0 = np.int64(np.floor(x0 + 0.5))
-            v1 = np.int64(np.floor(x1 + 0.5))
-            lo = min(v0, v1)
-            hi = max(v0, v1)
-            for face in range(lo, hi):
-                t = (face + 0.5 - x0) / (x1 - x0)
-                for c in range(3):
-                    if c != axis:
-                        q = points[a, c] + t * (points[a + 1, c] - points[a, c])
-                        vox[c] = np.int64(np.floor(q + 0.5))
-                for side in range(2):
-                    vox[axis] = face + side
-                    if 0 <= vox[0] < nx and 0 <= vox[1] < ny and 0 <= vox[2] < nz:
-                        covered[(vox[0] * ny + vox[1]) * nz + vox[2]] = True
-
-
-@numba.njit(cache=True)
-def _mark_points(points, index, shape, covered):  # pragma: no cover
-    nx, ny, nz = shape[0], shape[1], shape[2]
-    for a in index:
-        i = np.int64(np.floor(points[a, 0] + 0.5))
-        j = np.int64(np.floor(points[a, 1] + 0.5))
-        k = np.int64(np.floor(points[a, 2] + 0.5))
-        if 0 <= i < nx and 0 <= j < ny and 0 <= k < nz:
-            covered[(i * ny + j) * nz + k] = True
+        for a in range(start, start + lengths[s] - 1):
+            _mark_segment(points, a, shape, covered, vox)
 
 
 @numba.njit(cache=True)
@@ -362,7 +389,7 @@ def _geometry(points, offsets, lengths, voxel_size, length_mm, winding_deg):  # 
         for p in range(offsets[s], offsets[s] + lengths[s] - 1):
             norm2 = 0.0
             for c in range(3):
-                d[c] = (points[p + 1, c] - points[p, c]) * voxel_size[c]
+                d[c] = (np.float64(points[p + 1, c]) - np.float64(points[p, c])) * voxel_size[c]
                 norm2 += d[c] * d[c]
             if norm2 == 0.0:
                 continue
@@ -396,9 +423,7 @@ def streamline_voxel_mask(streamlines, shape) -> np.ndarray:
     points, offsets, lengths = _flatten_streamlines(streamlines)
     shape_arr = np.asarray(shape, dtype=np.int64)
     out = np.zeros(int(np.prod(shape)), dtype=bool)
-    seg = _segment_index(offsets, lengths)
-    _mark_segments(points, seg, 0, len(seg), shape_arr, out)
-    _mark_points(points, offsets[lengths == 1], shape_arr, out)
+    _mark_streamlines(points, offsets, lengths, np.arange(len(lengths)), shape_arr, out)
     return out.reshape(tuple(shape))
 
 
@@ -541,7 +566,7 @@ def tractometer(
     need_geometry = any(b.length_mm is not None or b.max_angle_deg is not None for b in defs)
     if need_geometry and n:
         length_mm, winding = _streamline_geometry(points, offsets, lengths, voxel_size_arr)
-    owner = np.repeat(np.arange(n), lengths)
+    owner = None
     flat_points = None
 
     for bi, b in enumerate(defs):
@@ -556,8 +581,9 @@ def tractometer(
         if b.max_angle_deg is not None:
             ok &= winding <= b.max_angle_deg
         if b.all_mask is not None or b.any_mask is not None:
-            if flat_points is None:
-                flat_points = _flat_index(_voxel_of(points), shape)
+            if flat_points is None or owner is None:  # once, only when a bundle needs it
+                flat_points = _flat_points(points, shape)
+                owner = np.repeat(np.arange(n), lengths)
             if b.all_mask is not None:
                 inside, total = _point_mask_reduce(b.all_mask, flat_points, owner, n)
                 ok &= inside == total
@@ -626,16 +652,12 @@ def _bundle_scores(points, offsets, lengths, category, bundle_index, defs, shape
     shape_arr = np.asarray(shape, dtype=np.int64)
     counts_vs = np.bincount(bundle_index[category == VS], minlength=len(defs))
     counts_wpc = np.bincount(bundle_index[category == WPC], minlength=len(defs))
-    seg = _segment_index(offsets, lengths)
-    seg_owner = np.repeat(np.arange(len(lengths)), lengths)[seg]
     covered = np.zeros(n_vox, dtype=bool)
     scores = []
     for bi, b in enumerate(defs):
         mine = (category == VS) & (bundle_index == bi)
         covered[:] = False
-        my_segments = seg[mine[seg_owner]]
-        _mark_segments(points, my_segments, 0, len(my_segments), shape_arr, covered)
-        _mark_points(points, offsets[mine & (lengths == 1)], shape_arr, covered)
+        _mark_streamlines(points, offsets, lengths, np.flatnonzero(mine), shape_arr, covered)
         n_b = int(covered.sum())
         if b.mask is None:
             nan = float("nan")
@@ -696,6 +718,7 @@ def streamline_field_angle(streamlines, field) -> np.ndarray:
     if not np.all(np.isfinite(f)):
         raise MetricInputError("field contains NaN or infinite values")
     points, offsets, lengths = _flatten_streamlines(streamlines)
+    points = points.astype(np.float64, copy=False)
     out = np.full(len(lengths), np.nan)
     _field_angles(points, offsets, lengths, np.ascontiguousarray(f, dtype=np.float64), out)
     return out

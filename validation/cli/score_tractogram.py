@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", metavar="NIFTI",
                         help="image defining the tractogram's space when it has no header "
                         "(TCK); default: the first truth mask")
+    parser.add_argument("--remove-invalid", action="store_true",
+                        help="drop streamlines outside the reference's field of view (they are "
+                        "an error otherwise)")
     parser.add_argument("--dilate-endpoints", type=int, default=0, metavar="N",
                         help="dilate head/tail ROIs by N voxels (0)")
     parser.add_argument("--field", metavar="NIFTI",
@@ -59,9 +62,32 @@ def _jsonable(obj):
     return obj
 
 
-def run(args: argparse.Namespace) -> int:
-    import pandas as pd
+def _table(rows: list[dict]) -> str:
+    """Plain aligned text table of dict rows with the same keys (no pandas: it alone
+    would add ~40 MB to the peak memory of a scoring run)."""
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    cells = [keys] + [[f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys]
+                      for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(keys))]
+    return "\n".join(" ".join(c.rjust(w) for c, w in zip(row, widths, strict=True))
+                     for row in cells)
 
+
+def _csv(rows: list[dict]) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["bundle", "metric", "value"],
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def run(args: argparse.Namespace) -> int:
     import metrics
     from validation.io.nifti import load_nifti
     from validation.io.tractograms import load_streamlines, read_truth_bundles
@@ -78,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         if ref_img.data.shape[:3] != truth.shape or not np.allclose(ref_img.affine,
                                                                    truth.affine, atol=1e-4):
             raise UserError(f"{reference}: not on the truth grid of {truth.reference}")
-    streamlines = load_streamlines(args.tractogram, reference)
+    streamlines = load_streamlines(args.tractogram, reference,
+                                   remove_invalid=args.remove_invalid)
     log.info("scoring %d streamlines against %d bundles", len(streamlines), len(truth.bundles))
     voxel_size = tuple(float(v) for v in truth.voxel_size)
     result = metrics.tractometer(streamlines, truth.bundles, voxel_size=voxel_size,
@@ -102,12 +129,10 @@ def run(args: argparse.Namespace) -> int:
     for b in result.bundle_rows():
         rows += [{"bundle": b["bundle"], "metric": k, "value": v}
                  for k, v in b.items() if k != "bundle"]
-    summary = pd.DataFrame(rows)
     for key, value in scores.items():
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)
         print(f"{key:>34}  {shown}")
-    print(pd.DataFrame(result.bundle_rows()).to_string(index=False,
-                                                       float_format=lambda v: f"{v:.4g}"))
+    print(_table(result.bundle_rows()))
     if out_path is not None:
         if out_path.suffix == ".json":
             payload = {
@@ -121,6 +146,6 @@ def run(args: argparse.Namespace) -> int:
             }
             _atomic_write_text(out_path, json.dumps(_jsonable(payload), indent=2) + "\n")
         else:
-            _atomic_write_text(out_path, summary.to_csv(index=False))
+            _atomic_write_text(out_path, _csv(rows))
         log.info("wrote %s", out_path)
     return 0

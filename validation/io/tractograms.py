@@ -195,20 +195,33 @@ def read_truth_bundles(path: str | os.PathLike, *, gt_dir: str | os.PathLike | N
                         np.asarray(grid["voxel_size"], float), Path(grid["reference"]))
 
 
-def load_streamlines(path: str | os.PathLike, reference: str | os.PathLike):
+def load_streamlines(path: str | os.PathLike, reference: str | os.PathLike | None, *,
+                     remove_invalid: bool = False):
     """Load a TRK, TCK or TRX tractogram in voxel coordinates of ``reference``'s grid.
 
     Parameters
     ----------
     path : path-like
         ``.trk``, ``.tck``, ``.trx`` (or other formats dipy's ``load_tractogram`` reads).
-    reference : path-like
-        NIfTI image defining the scoring grid (voxel centres at integers).
+    reference : path-like or None
+        NIfTI image defining the scoring grid (voxel centres at integers). Required for
+        TCK (which has no grid); None for TRK / TRX uses the file's own header.
+    remove_invalid : bool
+        Drop streamlines with points outside the reference's field of view (logged with
+        their number; scilpy's ``--remove_invalid``) instead of refusing the file.
 
     Returns
     -------
     nibabel ArraySequence
         Streamlines as (n_i, 3) voxel coordinates.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    UserError
+        A TCK without reference, an unreadable file, a tractogram without streamlines,
+        streamlines outside the field of view (how many; unless ``remove_invalid``).
     """
     from dipy.io.stateful_tractogram import Origin, Space
     from dipy.io.streamline import load_tractogram
@@ -216,11 +229,61 @@ def load_streamlines(path: str | os.PathLike, reference: str | os.PathLike):
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file")
+    if reference is None:
+        if p.suffix.lower() == ".tck":
+            raise UserError(f"{p}: a TCK file has no image grid; give a reference image on "
+                            "the scoring grid (--reference NIFTI)")
+        reference = "same"
     try:
-        sft = load_tractogram(str(p), str(reference), to_space=Space.RASMM,
-                              bbox_valid_check=False, trk_header_check=False)
+        sft = load_tractogram(str(p), str(reference), to_space=Space.VOX,
+                              to_origin=Origin.NIFTI, bbox_valid_check=False,
+                              trk_header_check=False)
     except Exception as exc:  # dipy / nibabel raise many types for unreadable files
         raise UserError(f"{p}: not a readable tractogram ({type(exc).__name__}: {exc})") from None
-    sft.to_vox()
-    sft.to_origin(Origin.NIFTI)
+    streamlines = sft.streamlines
+    n = len(streamlines)
+    if n == 0:
+        raise UserError(f"{p}: the tractogram has no streamlines")
+    inside = _inside_field_of_view(streamlines, np.asarray(sft.dimensions, dtype=np.float64))
+    n_out = int(n - inside.sum())
+    if n_out:
+        where = "its header" if str(reference) == "same" else Path(reference).name
+        dims = "x".join(str(int(d)) for d in sft.dimensions)
+        if not remove_invalid:
+            raise UserError(
+                f"{p}: {n_out} of {n} streamlines lie (partly) outside the field of view of "
+                f"{where} ({dims} voxels); check --reference, or drop them with "
+                "--remove-invalid")
+        log.warning("%s: removed %d of %d streamlines outside the field of view of %s",
+                    p, n_out, n, where)
+        if n_out == n:
+            raise UserError(f"{p}: all {n} streamlines lie outside the field of view of "
+                            f"{where} ({dims} voxels)")
+        sft = sft[np.flatnonzero(inside)]
     return sft.streamlines
+
+
+def _inside_field_of_view(streamlines, dimensions: np.ndarray) -> np.ndarray:
+    """Per streamline (voxel coordinates, centres at integers): True when every point
+    lies in the grid's field of view, ``-0.5 <= p < dim - 0.5`` on each axis (dipy's
+    bounding-box check). Streamlines without points count as outside."""
+    lengths = np.asarray(streamlines._lengths, dtype=np.int64)
+    offsets = np.asarray(streamlines._offsets, dtype=np.int64)
+    data = np.asarray(streamlines._data)  # no copy (ArraySequence.get_data() copies)
+    bad_point = np.zeros(len(data), dtype=bool)
+    upper = dimensions - 0.5
+    chunk = 1 << 20
+    for start in range(0, len(data), chunk):
+        block = data[start:start + chunk].astype(np.float64)
+        bad_point[start:start + chunk] = np.any((block < -0.5) | (block >= upper), axis=1)
+    nonempty = lengths > 0
+    inside = np.zeros(len(lengths), dtype=bool)
+    if not nonempty.any():
+        return inside
+    starts = offsets[nonempty]
+    ends = starts + lengths[nonempty]
+    if np.array_equal(starts[1:], ends[:-1]) and ends[-1] == len(data):  # compact
+        inside[nonempty] = ~np.logical_or.reduceat(bad_point, starts)
+    else:
+        inside[nonempty] = [not bad_point[o:e].any() for o, e in zip(starts, ends, strict=True)]
+    return inside
