@@ -267,21 +267,30 @@ def _write_derivatives(rd: RunDirectory, case_id: str, label: str, grid: Any,
     base = f"derivatives/sub-{case_id}/dwi/sub-{case_id}_model-{label}"
     affine = np.asarray(grid.affine, dtype=np.float64)
     shape = tuple(peaks.shape[:3])
-    encoding_common = {"Reference": "ijk", "Frame": "voxel"}
     if sh is not None:
+        from validation.io.sh import XSCALE, sh_sidecar
+
         img = nib.Nifti1Image(np.asarray(sh, dtype=np.float32), affine)
         nib.save(img, rd.file(f"{base}_param-fod_dwimap.nii.gz"))
-        rd.write_json(f"{base}_param-fod_dwimap.json", {
-            "Model": label,
-            "OrientationEncoding": {"Type": "sh", "SphericalHarmonicsBasis": "descoteaux07",
-                                    "Legacy": False, "SphericalHarmonicsDegree": sh_order_max,
-                                    **encoding_common},
-        })
+        rd.write_json(f"{base}_param-fod_dwimap.json",
+                      {"Model": label, **sh_sidecar(XSCALE, sh_order_max)})
     flat = np.asarray(peaks, dtype=np.float32).reshape(shape + (-1,))
     nib.save(nib.Nifti1Image(flat, affine), rd.file(f"{base}_param-peaks_dwimap.nii.gz"))
     rd.write_json(f"{base}_param-peaks_dwimap.json", {
         "Model": label,
-        "OrientationEncoding": {"Type": "unit3vector", "EncodingAxis": 3, **encoding_common},
+        "OrientationEncoding": {"Type": "unit3vector", "EncodingAxis": 3, "Reference": "ijk"},
+        "n_peaks": int(peaks.shape[-2]),
+    })
+
+
+def _write_dataset_description(rd: RunDirectory) -> None:
+    """BIDS derivative dataset description, so BIDS tools pick up derivatives/."""
+    rd.write_json("derivatives/dataset_description.json", {
+        "Name": "XScale orientation estimates",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "xscale", "Version": __version__,
+                         "Description": "dMRI model fODFs/peaks and microscopy FODs"}],
     })
 
 
@@ -548,6 +557,7 @@ def run(
             for name in ("vs", "is", "ic", "nc", "vb", "ib", "ol", "or_gt", "or_vs", "f1"):
                 if name in metrics.TASKS:
                     tasks[name] = metrics.TASKS[name]
+        _write_dataset_description(rd)
         rd.write_csv("scores.csv", scores)
         rd.write_csv("cases.csv", cases)
         rd.write_csv("voxels.csv.gz", voxels)

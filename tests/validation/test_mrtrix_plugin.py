@@ -99,3 +99,15 @@ def test_check_model_passes(capsys):
     out = capsys.readouterr().out
     assert "OK" in out and "gives_sh" in out
     assert shutil.which("dwi2fod")
+
+
+def test_mrtrix_csd_is_registered_exactly_when_mrtrix_is_on_path() -> None:
+    import shutil
+
+    from validation.models import list_models
+
+    names = {info.name for info in list_models()}
+    on_path = bool(shutil.which("dwi2fod") and shutil.which("dwi2response"))
+    assert ("mrtrix-csd" in names) == on_path
+    if os.environ.get("XSCALE_REQUIRE_EXTERNAL") == "1":
+        assert on_path, "XSCALE_REQUIRE_EXTERNAL=1 but MRtrix3 is not on PATH"

@@ -120,3 +120,23 @@ def test_python_api_matches_files(default_run: Path, tmp_path: Path) -> None:
     (copy / "provenance.json").write_text(json.dumps({"schema_version": 99}))
     with pytest.raises(ValueError, match="schema version 99"):
         validation.load_run(copy)
+
+
+def test_derivatives_are_bids_like_and_read_back(default_run: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    from validation.io.sh import read_sh
+
+    desc = json.loads((default_run / "derivatives" / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative"
+    fod = default_run / "derivatives/sub-cross90/dwi/sub-cross90_model-csd_param-fod_dwimap.nii.gz"
+    sidecar = json.loads(Path(str(fod).replace(".nii.gz", ".json")).read_text())
+    assert sidecar["OrientationEncoding"]["SphericalHarmonicsBasis"] == "descoteaux07"
+    assert sidecar["OrientationEncoding"]["Legacy"] is False
+    assert sidecar["OrientationEncoding"]["SphericalHarmonicsDegree"] == 8
+    image = read_sh(fod)  # the sidecar states the convention: no declaration needed
+    raw = np.asanyarray(nib.load(fod).dataobj)
+    np.testing.assert_allclose(image.sh, raw, atol=1e-6)
+    peaks = fod.with_name(fod.name.replace("param-fod", "param-peaks"))
+    assert nib.load(peaks).shape[-1] % 3 == 0

@@ -35,15 +35,6 @@ log = logging.getLogger(__name__)
 __all__ = ["OrientationMap", "read_orientation_map", "sh_world_to_voxel_matrix"]
 
 _SH_SIZES = {(n + 1) * (n + 2) // 2: n for n in range(0, 21, 2)}
-_BASIS_ALIASES = {
-    "descoteaux07": "descoteaux07",
-    "descoteaux": "descoteaux07",
-    "dipy": "descoteaux07",
-    "tournier07": "tournier07",
-    "mrtrix3": "tournier07",
-    "mrtrix": "tournier07",
-    "tournier": "tournier07",
-}
 
 
 @dataclass(frozen=True)
@@ -219,20 +210,13 @@ def read_orientation_map(path: str | os.PathLike, *, kind: str | None = None) ->
     if enc["order"] is not None and int(enc["order"]) != order:
         raise UserError(f"{p}: sidecar says SH order {enc['order']} but the file has "
                         f"{arr.shape[3]} coefficients (order {order})")
-    basis_name = str(enc["basis"] or "descoteaux07").lower()
-    if basis_name not in _BASIS_ALIASES:
-        raise UserError(f"{p}: SH basis {enc['basis']!r} is not descoteaux07 or tournier07")
-    basis = _BASIS_ALIASES[basis_name]
-    legacy = enc["legacy"]
-    if legacy is None:  # MRtrix files use the original (legacy) definition
-        legacy = basis_name in ("mrtrix3", "mrtrix")
-    if frame == "xyz" or basis != "descoteaux07" or legacy:
-        matrix = (sh_world_to_voxel_matrix(img.affine, order, basis=basis, legacy=bool(legacy))
-                  if frame == "xyz" else _basis_change(order, basis, bool(legacy)))
-        arr = arr @ matrix
+    if img.sidecar:
+        # one reader of SH conventions (validation.io.sh): MRtrix3 files are tournier07,
+        # non-legacy, world frame; a dipy basis without its legacy flag is refused
+        from validation.io.sh import XSCALE, convention_from_sidecar, convert_sh
+
+        conv = convention_from_sidecar(img.sidecar, where=str(p))
+        arr = convert_sh(arr, img.affine, source=conv, target=XSCALE)
+    elif frame == "xyz":
+        arr = arr @ sh_world_to_voxel_matrix(img.affine, order)
     return OrientationMap("sh", arr, img.affine, order, p)
-
-
-def _basis_change(order: int, basis: str, legacy: bool) -> np.ndarray:
-    """Matrix from (basis, legacy) to descoteaux07 legacy=False, same frame."""
-    return sh_world_to_voxel_matrix(np.eye(4), order, basis=basis, legacy=legacy)

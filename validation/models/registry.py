@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -52,6 +53,13 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     "oracle": ("validation.models.baselines:oracle", "ground truth peaks and fODF (ceiling)"),
     "isotropic": ("validation.models.baselines:isotropic", "no peaks, l=0 fODF (floor)"),
 }
+
+# MRtrix3 as a peer: registered only where its binaries are on PATH
+if shutil.which("dwi2fod") and shutil.which("dwi2response"):
+    BUILTIN_MODELS["mrtrix-csd"] = (
+        "validation.models.mrtrix:mrtrix_csd",
+        "MRtrix3 CSD: dwi2response tournier + dwi2fod csd (needs MRtrix3 on PATH)",
+    )
 
 
 @dataclass(frozen=True)
