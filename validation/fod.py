@@ -376,10 +376,15 @@ def microscopy_fod(
             if progress and i % 16 == 0:
                 log.info("microscopy FOD: %d / %d chunks", i, len(tasks))
     else:
-        # one graph: each input chunk is read once and released when its consumers ran
-        # (no graph optimisation: fusing would recompute a shared upstream chunk per consumer)
-        for result in dask.compute(*tasks, scheduler=scheduler or "threads", optimize_graph=False):
-            add(result)
+        # batches bound the chunks in flight (the local scheduler would otherwise read
+        # ahead); neighbouring input chunks are re-read across batches, which costs less
+        # than holding them. No graph optimisation: fusing the vectors and the weights
+        # separately would compute their shared upstream chunk twice.
+        batch = max(2, 2 * _local_threads())
+        for start in range(0, len(tasks), batch):
+            for result in dask.compute(*tasks[start : start + batch],
+                                       scheduler=scheduler or "threads", optimize_graph=False):
+                add(result)
     if progress:
         log.info("microscopy FOD: %d chunks", len(tasks))
 
@@ -413,6 +418,14 @@ def microscopy_fod(
         odi = np.full(grid_shape, np.nan, dtype=np.float32)
     return MicroscopyFOD(sh=sh, peaks=peaks, odi=odi, count=count, weight=weight,
                          sh_order_max=int(sh_order_max))
+
+
+def _local_threads() -> int:
+    import os
+
+    import dask
+
+    return int(dask.config.get("num_workers", None) or os.cpu_count() or 2)
 
 
 def _distributed_client(scheduler: Any) -> Any:

@@ -226,22 +226,37 @@ def _trim_block(block: np.ndarray, depth, loc, nchunks) -> np.ndarray:
     return block[sl]
 
 
+def _overlap_plan(darr: Any, halo: Sequence[int]) -> tuple[Any, dict[int, int]]:
+    """Rechunk so every chunk is at least the halo (an axis shorter than its halo becomes
+    one chunk with no overlap: the whole axis is then present) and return the depths."""
+    import dask.array as da
+
+    depth: dict[int, int] = {}
+    chunks = []
+    for a, c in enumerate(darr.chunks):
+        size = int(sum(c))
+        if halo[a] >= size:
+            depth[a] = 0
+            chunks.append((size,))
+        else:
+            depth[a] = int(halo[a])
+            chunks.append(da.overlap.ensure_minimum_chunksize(max(depth[a], 1), c))
+    return darr.rechunk(tuple(chunks)), depth
+
+
 def _dask_packed(darr: Any, sigma, rho, spacing, truncate) -> Any:
     import dask.array as da
 
-    depth = dict(enumerate(halo_voxels(sigma, rho, spacing, truncate)))
-    darr = darr.rechunk(
-        tuple(
-            da.overlap.ensure_minimum_chunksize(max(depth[a], 1), c)
-            for a, c in enumerate(darr.chunks)
-        )
-    )
+    darr, depth = _overlap_plan(darr, halo_voxels(sigma, rho, spacing, truncate))
     padded = da.overlap.overlap(darr, depth=depth, boundary="none")
 
     def block_fn(block: np.ndarray, block_info=None) -> np.ndarray:
         info = block_info[0]
         full = _orientation_packed(block, sigma, rho, spacing, truncate)
-        return _trim_block(full, depth, info["chunk-location"], info["num-chunks"])
+        # a copy, so the halo of the full block is freed now rather than with the result
+        return np.ascontiguousarray(
+            _trim_block(full, depth, info["chunk-location"], info["num-chunks"])
+        )
 
     return padded.map_blocks(
         block_fn,
@@ -347,13 +362,7 @@ def structure_tensor_orientations(
     sp = tuple(float(v) for v in spacing)
     volume = _as_float32(volume)
     halos = [halo_voxels(s, r, sp, truncate) for s, r in pairs]
-    depth = {a: max(h[a] for h in halos) for a in range(3)}
-    darr = volume.rechunk(
-        tuple(
-            da.overlap.ensure_minimum_chunksize(max(depth[a], 1), c)
-            for a, c in enumerate(volume.chunks)
-        )
-    )
+    darr, depth = _overlap_plan(volume, [max(h[a] for h in halos) for a in range(3)])
     padded = da.overlap.overlap(darr, depth=depth, boundary="none")
     n = len(pairs)
 

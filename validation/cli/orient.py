@@ -96,11 +96,18 @@ def run(args: argparse.Namespace) -> int:
                     exclude=args.exclude)
     start = time.perf_counter()
     quiet = getattr(args, "quiet", False)
+    tty = sys.stderr.isatty()
+    last_logged = [0.0]
 
     def progress(done: int, total: int) -> None:
-        if not quiet:
+        if quiet:
+            return
+        if tty:
             print(f"\rxscale orient: {done}/{total} chunks", end="", file=sys.stderr,
                   flush=True)
+        elif done == total or done / total >= last_logged[0] + 0.1:
+            last_logged[0] = done / total
+            log.info("xscale orient: %d/%d chunks", done, total)
 
     result = orient_to_ome_zarr(
         vol_um,
@@ -115,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         version=args.ngff,
         progress=progress,
     )
-    if not quiet:
+    if not quiet and tty:
         print(file=sys.stderr)
     seconds = time.perf_counter() - start
     n_vox = 1
