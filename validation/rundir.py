@@ -47,7 +47,7 @@ class RunDirectory:
     >>> import tempfile, pathlib
     >>> root = pathlib.Path(tempfile.mkdtemp())
     >>> with RunDirectory(root / "demo") as rd:
-    ...     rd.write_json("tasks.json", {})
+    ...     _ = rd.write_json("tasks.json", {})
     >>> sorted(p.name for p in (root / "demo").iterdir())
     ['run.log', 'tasks.json']
     """
