@@ -10,9 +10,11 @@
    Target: <= 12 s.
 
 Generating the data (and evaluating SH on the sphere for the ODFs) is not timed.
-Exit status 1 when a target is missed or the results differ.
+Exit status 1 when a target is missed or the results differ. On a shared machine the
+ratio moves with the load: ``--repeat R`` runs part 1 R times and prints every ratio,
+their range and median (the median decides PASS).
 
-    python benchmarks/bench_metrics.py [--n 1000000] [--loop-n 20000] [--k 3]
+    python benchmarks/bench_metrics.py [--n 1000000] [--loop-n 20000] [--k 3] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ import os
 import sys
 import time
 
-import numpy as np
+# BLAS only generates the (untimed) data here, but OpenBLAS worker threads busy-wait
+# for a while after each multi-threaded product and so compete with the timed code
+# on a 2-core machine (~20% slower vectorised timings measured); one BLAS thread
+# unless the caller chose otherwise. The metrics themselves do not call BLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402  (after the BLAS thread setting)
 from scipy.optimize import linear_sum_assignment
 
 
@@ -173,6 +181,8 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk", type=int, default=100_000)
     parser.add_argument("--streamlines", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the voxel benchmark this many times (median decides)")
     parser.add_argument("--skip-tractometer", action="store_true")
     parser.add_argument("--sphere", choices=("default", "hemi181"), default="default",
                         help="JSD sphere: dipy's default_sphere (362 vertices) or the "
@@ -181,26 +191,38 @@ def main(argv=None) -> int:
     import numba
 
     print(f"cores: {os.cpu_count()}, numba threads: {numba.get_num_threads()}, "
+          f"OPENBLAS_NUM_THREADS: {os.environ.get('OPENBLAS_NUM_THREADS')}, "
           f"load average: {os.getloadavg()[0]:.1f}")
     ok = True
-    times, cpu, loop_s, loop_cpu, same, close, tp = bench_voxels(
-        args.n, min(args.loop_n, args.n), args.k, args.chunk, args.seed, args.sphere)
-    total, total_cpu = sum(times.values()), sum(cpu.values())
-    speedup, speedup_cpu = loop_s / total, loop_cpu / total_cpu
-    print(f"\nvoxel metrics, N = {args.n:.0e} voxel pairs, K = {args.k}, SH order 8, "
-          f"ODFs on {args.sphere} sphere ({'362' if args.sphere == 'default' else '181'} "
-          "vertices)")
-    print("| step | wall s | CPU s |")
-    print("|---|---|---|")
-    for name in times:
-        print(f"| {name} | {times[name]:.2f} | {cpu[name]:.2f} |")
-    print(f"| vectorised total | {total:.2f} | {total_cpu:.2f} |")
-    print(f"| per-voxel loop (LSA), {args.loop_n:.0e} voxels x {args.n / args.loop_n:.0f} "
-          f"| {loop_s:.1f} | {loop_cpu:.1f} |")
-    print(f"| speedup | {speedup:.0f}x | {speedup_cpu:.0f}x |")
-    print(f"identical TP/FP/FN on the loop subset: {same} (TP = {tp}); ACC/JSD equal: {close}")
-    print("target: >= 50x (wall clock)")
-    ok &= same and close and speedup >= 50
+    ratios = []
+    for run in range(max(1, args.repeat)):
+        if args.repeat > 1:
+            print(f"\nrun {run + 1}/{args.repeat}, load average: {os.getloadavg()[0]:.1f}")
+        times, cpu, loop_s, loop_cpu, same, close, tp = bench_voxels(
+            args.n, min(args.loop_n, args.n), args.k, args.chunk, args.seed, args.sphere)
+        total, total_cpu = sum(times.values()), sum(cpu.values())
+        speedup, speedup_cpu = loop_s / total, loop_cpu / total_cpu
+        ratios.append(speedup)
+        print(f"\nvoxel metrics, N = {args.n:.0e} voxel pairs, K = {args.k}, SH order 8, "
+              f"ODFs on {args.sphere} sphere "
+              f"({'362' if args.sphere == 'default' else '181'} vertices)")
+        print("| step | wall s | CPU s |")
+        print("|---|---|---|")
+        for name in times:
+            print(f"| {name} | {times[name]:.2f} | {cpu[name]:.2f} |")
+        print(f"| vectorised total | {total:.2f} | {total_cpu:.2f} |")
+        print(f"| per-voxel loop (LSA), {args.loop_n:.0e} voxels x "
+              f"{args.n / args.loop_n:.0f} | {loop_s:.1f} | {loop_cpu:.1f} |")
+        print(f"| speedup | {speedup:.0f}x | {speedup_cpu:.0f}x |")
+        print(f"identical TP/FP/FN on the loop subset: {same} (TP = {tp}); "
+              f"ACC/JSD equal: {close}")
+        ok &= same and close
+    median = float(np.median(ratios))
+    if len(ratios) > 1:
+        print(f"\nwall-clock speedups: {', '.join(f'{r:.0f}x' for r in ratios)}; "
+              f"range {min(ratios):.0f}-{max(ratios):.0f}x, median {median:.0f}x")
+    print("target: >= 50x (wall clock" + (", median of the runs)" if len(ratios) > 1 else ")"))
+    ok &= median >= 50
     if not args.skip_tractometer:
         seconds, field_s, result = bench_tractometer(args.streamlines, 50, args.seed)
         d = result.to_dict()

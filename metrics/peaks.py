@@ -2,12 +2,12 @@
 
 Matching follows design.md: among reference/estimate pairs with axial angle
 ``theta <= tau``, take the largest number of one-to-one matches and, among those, the
-smallest total angle. For up to ``_MAX_TABLE_PEAKS`` peaks per voxel this is solved for
-all voxels at once: every permutation of ``n = max(K, L)`` slots is scored from a small
-table of pair gains (a permutation's matches are its within-threshold pairs; any
-partial one-to-one matching extends to a permutation with at least those matches, so
-the best permutation is the best matching). Larger K falls back to
-``scipy.optimize.linear_sum_assignment`` per voxel.
+smallest total angle. A compiled loop (numba, parallel over voxels) solves each voxel
+by scoring every permutation of g slots, g the larger number of reference or estimated
+peaks that have a partner within tau (a permutation's matches are its within-threshold
+pairs; any partial one-to-one matching extends to a permutation with at least those
+matches, so the best permutation is the best matching). Voxels with g above
+``_MAX_TABLE_PEAKS`` fall back to ``scipy.optimize.linear_sum_assignment``.
 """
 
 from __future__ import annotations
@@ -17,18 +17,20 @@ import math
 from dataclasses import dataclass
 from functools import cache
 
+import numba
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from metrics._validate import as_float_array
 from metrics.errors import MetricInputError
 
-#: up to this many peaks per voxel (reference or estimate) the permutation tables are used
+#: up to this many peaks with a partner (either side) every permutation is scored
 _MAX_TABLE_PEAKS = 6
-#: voxels per block of the vectorised matcher (fewer for K > 4: at most ~32 MB of scores)
-_BLOCK = 1 << 15
 #: a within-threshold match is worth this much more than any sum of angles (<= 90 * 6)
 _MATCH_BONUS = 1000.0
+#: voxels per parallel task of the compiled matcher (its scratch arrays are reused)
+_VOXELS_PER_TASK = 512
+_RAD_TO_DEG = 180.0 / np.pi
 
 
 @dataclass(frozen=True)
@@ -81,117 +83,170 @@ def _check_peaks(arr, name: str) -> np.ndarray:
 
 
 @cache
-def _permutation_tables(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Permutations of ``n`` slots ``(P, n)``, their flat pair indices ``i * n + perm[i]``
-    ``(P, n)`` and the pair-incidence matrix ``(n * n, P)``."""
-    perms = np.array(list(itertools.permutations(range(n))), dtype=np.int64).reshape(-1, n)
-    pair_index = np.arange(n)[None, :] * n + perms
-    incidence = np.zeros((n * n, len(perms)), dtype=np.float64)
-    incidence[pair_index, np.arange(len(perms))[:, None]] = 1.0
-    return perms, pair_index, incidence
+def _permutation_table() -> tuple[np.ndarray, np.ndarray]:
+    """Every permutation of g = 1..6 slots, stacked: ``(sum g!, 6)`` and offsets ``(8,)``.
+
+    Rows ``offsets[g]:offsets[g + 1]`` are the permutations of g slots in
+    ``itertools.permutations`` order (first column varying slowest); unused columns are 0.
+    """
+    tables = [np.array(list(itertools.permutations(range(g))), dtype=np.int64)
+              for g in range(1, _MAX_TABLE_PEAKS + 1)]
+    perms = np.zeros((sum(len(t) for t in tables), _MAX_TABLE_PEAKS), dtype=np.int64)
+    offsets = np.zeros(_MAX_TABLE_PEAKS + 2, dtype=np.int64)
+    for g, table in enumerate(tables, start=1):
+        offsets[g + 1] = offsets[g] + len(table)
+        perms[offsets[g] : offsets[g + 1], :g] = table
+    return perms, offsets
 
 
-def _components(peaks: np.ndarray):
-    """(V, K, 3) -> unit components x, y, z (each (V, K), float64) and presence (V, K)."""
+@numba.njit(cache=True, inline="always")
+def _unit_rows(peaks, v, unit, slot):  # pragma: no cover - compiled
+    """Copy the present (non-zero) peaks of voxel v, as unit vectors, to the front of
+    ``unit`` and their slot indices to ``slot``; return how many there are."""
+    n = 0
+    for i in range(peaks.shape[1]):
+        x = np.float64(peaks[v, i, 0])
+        y = np.float64(peaks[v, i, 1])
+        z = np.float64(peaks[v, i, 2])
+        if x == 0.0 and y == 0.0 and z == 0.0:
+            continue
+        norm2 = x * x + y * y + z * z
+        if not (0.0 < norm2 < np.inf):  # |peak| under- or overflows: rescale it first
+            big = max(abs(x), abs(y), abs(z))
+            x, y, z = x / big, y / big, z / big
+            norm2 = x * x + y * y + z * z
+        inv = 1.0 / np.sqrt(norm2)
+        unit[n, 0] = x * inv
+        unit[n, 1] = y * inv
+        unit[n, 2] = z * inv
+        slot[n] = i
+        n += 1
+    return n
+
+
+@numba.njit(parallel=True, cache=True)
+def _match_voxels(ref, est, tau, skip_below, perms, offsets,
+                  assignment, errors, n_ref, n_est, too_many):  # pragma: no cover - compiled
+    """Match every voxel of (V, K, 3) against (V, L, 3); fill the output arrays.
+
+    ``assignment`` (V, K) must come in as -1 and ``errors`` (V, K) as NaN. A pair's
+    angle is ``arccos(min(|a.b|, 1))`` in degrees, as numpy computes it elsewhere; pairs
+    with ``|a.b| < skip_below`` are beyond tau by a margin larger than any rounding, so
+    their arccos is not needed. Peaks without any within-threshold partner add nothing
+    to any permutation, so only the g peaks that have one on the larger side are
+    permuted (g! permutations); voxels where g > ``_MAX_TABLE_PEAKS`` are only flagged
+    in ``too_many``.
+    """
+    n_vox, k = ref.shape[0], ref.shape[1]
+    m = est.shape[1]
+    n_tasks = (n_vox + _VOXELS_PER_TASK - 1) // _VOXELS_PER_TASK
+    for task in numba.prange(n_tasks):
+        r_unit = np.empty((k, 3))
+        e_unit = np.empty((m, 3))
+        r_slot = np.empty(k, dtype=np.int64)
+        e_slot = np.empty(m, dtype=np.int64)
+        theta = np.empty((k, m))
+        valid = np.empty((k, m), dtype=np.bool_)
+        rows = np.empty(k, dtype=np.int64)  # present peaks with a partner within tau
+        cols = np.empty(m, dtype=np.int64)
+        gain = np.empty((_MAX_TABLE_PEAKS, _MAX_TABLE_PEAKS))  # 1000 - theta, 0 if invalid
+        for v in range(task * _VOXELS_PER_TASK, min(n_vox, (task + 1) * _VOXELS_PER_TASK)):
+            nr = _unit_rows(ref, v, r_unit, r_slot)
+            ne = _unit_rows(est, v, e_unit, e_slot)
+            n_ref[v] = nr
+            n_est[v] = ne
+            for i in range(nr):
+                for j in range(ne):
+                    c = abs(r_unit[i, 0] * e_unit[j, 0] + r_unit[i, 1] * e_unit[j, 1]
+                            + r_unit[i, 2] * e_unit[j, 2])
+                    ok = False
+                    if c >= skip_below:
+                        angle = np.arccos(min(c, 1.0)) * _RAD_TO_DEG
+                        theta[i, j] = angle
+                        ok = angle <= tau
+                    valid[i, j] = ok
+            n_rows = 0
+            for i in range(nr):
+                if valid[i, :ne].any():
+                    rows[n_rows] = i
+                    n_rows += 1
+            n_cols = 0
+            for j in range(ne):
+                if valid[:nr, j].any():
+                    cols[n_cols] = j
+                    n_cols += 1
+            g = max(n_rows, n_cols)
+            if g == 0:
+                continue
+            if g > _MAX_TABLE_PEAKS:
+                too_many[v] = True
+                continue
+            gain[:g, :g] = 0.0  # rows/columns beyond n_rows/n_cols are empty slots
+            for a in range(n_rows):
+                for b in range(n_cols):
+                    if valid[rows[a], cols[b]]:
+                        gain[a, b] = _MATCH_BONUS - theta[rows[a], cols[b]]
+            # score = sum of gains = 1000 * matches - total angle; first maximum wins
+            best = offsets[g]
+            best_total = -1.0
+            for p in range(offsets[g], offsets[g + 1]):
+                total = gain[0, perms[p, 0]]
+                for a in range(1, g):
+                    total += gain[a, perms[p, a]]
+                if total > best_total:
+                    best_total = total
+                    best = p
+            for a in range(n_rows):
+                b = perms[best, a]
+                if gain[a, b] == 0.0:  # an empty slot or a pair beyond tau
+                    continue
+                i = rows[a]
+                j = cols[b]
+                angle = theta[i, j]
+                if angle < 1.0:
+                    # arccos loses digits below ~1 deg: arctan2(|a x b|, |a . b|) there
+                    ax, ay, az = r_unit[i, 0], r_unit[i, 1], r_unit[i, 2]
+                    bx, by, bz = e_unit[j, 0], e_unit[j, 1], e_unit[j, 2]
+                    cx = ay * bz - az * by
+                    cy = az * bx - ax * bz
+                    cz = ax * by - ay * bx
+                    sin = np.sqrt(cx * cx + cy * cy + cz * cz)
+                    angle = np.arctan2(sin, abs(ax * bx + ay * by + az * bz)) * _RAD_TO_DEG
+                assignment[v, r_slot[i]] = e_slot[j]
+                errors[v, r_slot[i]] = angle
+
+
+def _unit_components(peaks: np.ndarray):
+    """(V, K, 3) -> unit components x, y, z (each (V, K), float64)."""
     x, y, z = (np.ascontiguousarray(peaks[..., c], dtype=np.float64) for c in range(3))
     norm2 = x * x + y * y + z * z
-    present = norm2 > 0
     inv = np.zeros_like(norm2)
-    np.divide(1.0, np.sqrt(norm2), out=inv, where=present)
-    return x * inv, y * inv, z * inv, present
+    np.divide(1.0, np.sqrt(norm2), out=inv, where=norm2 > 0)
+    return x * inv, y * inv, z * inv
 
 
-def _solve(ref: np.ndarray, est: np.ndarray, tau: float):
-    """Match (V, K, 3) against (V, L, 3) block by block: assignment, errors, presence."""
-    n_vox, k, m = ref.shape[0], ref.shape[1], est.shape[1]
-    n = max(k, m)
-    assignment = np.empty((n_vox, k), dtype=np.int64)
-    errors = np.empty((n_vox, k), dtype=np.float64)
-    r_present = np.empty((n_vox, k), dtype=bool)
-    e_present = np.empty((n_vox, m), dtype=bool)
-    block = min(_BLOCK, max(1024, (1 << 22) // math.factorial(n)))
-    for start in range(0, n_vox, block):
-        sl = slice(start, start + block)
-        assignment[sl], errors[sl], r_present[sl], e_present[sl] = _match_block(
-            ref[sl], est[sl], tau, n
-        )
-    return assignment, errors, r_present, e_present
-
-
-def _match_block(ref: np.ndarray, est: np.ndarray, tau: float, n: int):
-    """Assignment (V, K) (-1 = unmatched) and errors (V, K) for one block of voxels."""
-    rx, ry, rz, r_present = _components(ref)
-    ex, ey, ez, e_present = _components(est)
-    cos = rx[:, :, None] * ex[:, None, :]
-    cos += ry[:, :, None] * ey[:, None, :]
-    cos += rz[:, :, None] * ez[:, None, :]
-    np.abs(cos, out=cos)
-    np.minimum(cos, 1.0, out=cos)
-    # arccos is coarse (~1e-6 deg) only near 0 deg, where it cannot change a threshold
-    # decision; the reported errors below 1 deg are recomputed with arctan2
-    theta = np.arccos(cos, out=cos)
-    theta *= 180.0 / np.pi
-    valid = theta <= tau
-    valid &= r_present[:, :, None]
-    valid &= e_present[:, None, :]
-    if n <= _MAX_TABLE_PEAKS:
-        assign = _match_block_table(theta, valid, n)
-    else:
-        assign = _match_block_lsa(theta, valid)
-    matched = assign >= 0
-    slot = np.maximum(assign, 0)
-    err = np.take_along_axis(theta, slot[:, :, None], axis=2)[:, :, 0]
-    err[~matched] = np.nan
-    # arccos loses digits below ~1 deg: recompute those angles as arctan2(|a x b|, |a . b|)
-    v, r = np.nonzero(matched & (err < 1.0))
-    if v.size:
-        a = np.stack([rx[v, r], ry[v, r], rz[v, r]], axis=1)
-        e = slot[v, r]
-        b = np.stack([ex[v, e], ey[v, e], ez[v, e]], axis=1)
+def _match_many_peaks(ref: np.ndarray, est: np.ndarray, vox: np.ndarray, tau: float,
+                      assignment: np.ndarray, errors: np.ndarray) -> None:
+    """Voxels ``vox`` with more than ``_MAX_TABLE_PEAKS`` matchable peaks on a side: one
+    ``linear_sum_assignment`` per voxel on the design's cost; fills the outputs."""
+    for v in vox:
+        rows_r = np.flatnonzero(np.any(ref[v] != 0, axis=-1))
+        rows_e = np.flatnonzero(np.any(est[v] != 0, axis=-1))
+        rx, ry, rz = _unit_components(ref[v, rows_r][None])
+        ex, ey, ez = _unit_components(est[v, rows_e][None])
+        cos = np.abs(rx[0][:, None] * ex[0] + ry[0][:, None] * ey[0] + rz[0][:, None] * ez[0])
+        theta = np.degrees(np.arccos(np.minimum(cos, 1.0)))
+        valid = theta <= tau
+        rows, cols = linear_sum_assignment(np.where(valid, theta, _MATCH_BONUS))
+        keep = valid[rows, cols]
+        rows, cols = rows[keep], cols[keep]
+        a = np.stack([rx[0, rows], ry[0, rows], rz[0, rows]], axis=1)
+        b = np.stack([ex[0, cols], ey[0, cols], ez[0, cols]], axis=1)
         cross = np.cross(a, b)
-        sin = np.sqrt(np.einsum("ij,ij->i", cross, cross))
-        err[v, r] = np.degrees(np.arctan2(sin, np.abs(np.einsum("ij,ij->i", a, b))))
-    return assign, err, r_present, e_present
-
-
-def _match_block_table(theta: np.ndarray, valid: np.ndarray, n: int) -> np.ndarray:
-    """Best assignment (V, K) for a block, with the permutation tables; -1 = unmatched."""
-    n_vox, k, m = theta.shape
-    gain = np.subtract(_MATCH_BONUS, theta)
-    gain *= valid
-    if k == m == n:
-        score = gain
-        padded_valid = valid
-    else:
-        score = np.zeros((n_vox, n, n), dtype=np.float64)
-        score[:, :k, :m] = gain
-        padded_valid = np.zeros((n_vox, k, n), dtype=bool)
-        padded_valid[:, :, :m] = valid
-    perms, pair_index, incidence = _permutation_tables(n)
-    flat = score.reshape(n_vox, n * n)
-    if n <= 3:  # total gain of every permutation: n gathers of (V, P) beat a BLAS call
-        total = flat[:, pair_index[:, 0]]
-        for i in range(1, n):
-            total += flat[:, pair_index[:, i]]
-    else:  # (V, n^2) @ (n^2, P): P = 24, 120, 720 permutations
-        total = flat @ incidence
-    best = np.argmax(total, axis=1)
-    chosen = perms[best, :k]  # (V, K) estimate slot for each reference peak
-    ok = np.take_along_axis(padded_valid, chosen[:, :, None], axis=2)[:, :, 0]
-    return np.where(ok, chosen, -1)
-
-
-def _match_block_lsa(theta: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Best assignment (V, K) for a block, one Hungarian solve per voxel (large K)."""
-    n_vox, k, _ = theta.shape
-    out = np.full((n_vox, k), -1, dtype=np.int64)
-    big = _MATCH_BONUS
-    for v in np.flatnonzero(valid.any(axis=(1, 2))):
-        cost = np.where(valid[v], theta[v], big)
-        rows, cols = linear_sum_assignment(cost)
-        keep = valid[v, rows, cols]
-        out[v, rows[keep]] = cols[keep]
-    return out
+        precise = np.degrees(np.arctan2(np.sqrt(np.einsum("ij,ij->i", cross, cross)),
+                                        np.abs(np.einsum("ij,ij->i", a, b))))
+        assignment[v, rows_r[rows]] = rows_e[cols]
+        errors[v, rows_r[rows]] = np.where(theta[rows, cols] < 1.0, precise, theta[rows, cols])
 
 
 def match_peaks(reference, estimate, *, threshold_deg: float = 25.0) -> PeakMatch:
@@ -243,46 +298,23 @@ def match_peaks(reference, estimate, *, threshold_deg: float = 25.0) -> PeakMatc
 
     lead = ref.shape[:-2]
     k, m = ref.shape[-2], est.shape[-2]
-    ref2 = ref.reshape(-1, k, 3)
-    est2 = est.reshape(-1, m, 3)
-    n_vox = ref2.shape[0]
+    n_vox = math.prod(lead)  # not reshape(-1, ...): ambiguous when K or L is 0
+    ref2 = ref.reshape(n_vox, k, 3)
+    est2 = est.reshape(n_vox, m, 3)
     assignment = np.full((n_vox, k), -1, dtype=np.int64)
     errors = np.full((n_vox, k), np.nan, dtype=np.float64)
     n_ref = np.zeros(n_vox, dtype=np.int64)
     n_est = np.zeros(n_vox, dtype=np.int64)
-    n = max(k, m)
-    if k > 0 and m > 0 and n <= 3:
-        assign, err, r_present, e_present = _solve(ref2, est2, tau)
-        assignment[:], errors[:] = assign, err
-        n_ref[:] = r_present.sum(axis=1)
-        n_est[:] = e_present.sum(axis=1)
-    elif k > 0 and m > 0:
-        # move present peaks to the front and solve each voxel with the smallest table
-        # that holds its peaks (most voxels have far fewer peaks than slots)
-        r_present = np.any(ref2 != 0, axis=-1)
-        e_present = np.any(est2 != 0, axis=-1)
-        n_ref[:] = r_present.sum(axis=1)
-        n_est[:] = e_present.sum(axis=1)
-        order_r = np.argsort(~r_present, axis=1, kind="stable")
-        order_e = np.argsort(~e_present, axis=1, kind="stable")
-        size = np.maximum(n_ref, n_est)
-        for g in range(1, n + 1):
-            vox = np.flatnonzero(size == g)
-            if vox.size == 0:
-                continue
-            rows_r = order_r[vox, : min(g, k)]
-            rows_e = order_e[vox, : min(g, m)]
-            sub_r = np.take_along_axis(ref2[vox], rows_r[:, :, None], axis=1)
-            sub_e = np.take_along_axis(est2[vox], rows_e[:, :, None], axis=1)
-            assign, err, _, _ = _solve(sub_r, sub_e, tau)
-            original = np.take_along_axis(rows_e, np.maximum(assign, 0), axis=1)
-            assignment[vox[:, None], rows_r] = np.where(assign >= 0, original, -1)
-            errors[vox[:, None], rows_r] = err
-    else:
-        n_ref[:] = np.any(ref2 != 0, axis=-1).sum(axis=1)
-        n_est[:] = np.any(est2 != 0, axis=-1).sum(axis=1)
+    too_many = np.zeros(n_vox, dtype=bool)
+    # |a.b| below cos(tau + 1e-6 rad) is certainly beyond tau (arccos is good to ~1e-15)
+    skip_below = math.cos(math.radians(tau) + 1e-6) if tau >= 0.01 else -1.0
+    perms, offsets = _permutation_table()
+    _match_voxels(ref2, est2, tau, skip_below, perms, offsets,
+                  assignment, errors, n_ref, n_est, too_many)
+    if too_many.any():
+        _match_many_peaks(ref2, est2, np.flatnonzero(too_many), tau, assignment, errors)
 
-    tp = (assignment >= 0).sum(axis=1).astype(np.int64)
+    tp = np.count_nonzero(assignment >= 0, axis=1).astype(np.int64)
     return PeakMatch(
         errors_deg=errors.reshape(lead + (k,)),
         assignment=assignment.reshape(lead + (k,)),
