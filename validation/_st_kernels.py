@@ -10,8 +10,14 @@ Pipeline (8 + 15 one-dimensional passes, products fused, eigen fused):
 2. along Y: ``a = S_y sx``, ``b = D_y sx``, ``c = S_y dx``;
 3. along Z: ``gz = D_z a``, ``gy = S_z b``, ``gx = S_z c`` (scaled to physical units), the
    six products formed in registers and smoothed along X at rho -> ``p[6]``;
-4. along Y at rho, in place (one plane buffer per thread);
-5. along Z at rho, fused with the eigen-decomposition, row by row.
+4. along Y at rho, in place (one edge-padded plane buffer per task);
+5. along Z at rho, fused with the eigen-decomposition: per (Z, 128)-column chunk, each
+   component's column is copied once into an edge-padded buffer that stays in cache and
+   smoothed from there.
+
+The rho passes (17 taps at rho 4) dominate; they go through :func:`fold_smooth`, which
+sums four taps per sweep in registers (one load and store of the output per four taps)
+from a padded source, so the inner loops carry no clamping.
 """
 
 from __future__ import annotations
@@ -28,8 +34,8 @@ KERNEL_LOCK = threading.Lock()
 
 _PI_3 = math.pi / 3.0
 
-#: elements of a (Y X)-plane handled per task in the Z passes: long contiguous inner
-#: loops (cheap SIMD) and a (Z, chunk) column slab that the prefetchers stream well
+#: elements of a (Y X)-plane handled per task in the Z gradient pass: long contiguous
+#: inner loops (cheap SIMD) and a (Z, chunk) column slab that the prefetchers stream well
 PLANE_CHUNK = 1024
 
 
@@ -125,6 +131,69 @@ def grad_pass_y(sx, dx, s, d, a, b, c):  # pragma: no cover - compiled
                     oc[i] += sk * (dp[i] + dm[i])
 
 
+@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy", fastmath={"contract"})
+def fold_smooth(src, c, st, w, out, nt):  # pragma: no cover - compiled
+    """``out[i] = w[0] src[c + i] + sum_k w[k] (src[c + i + k st] + src[c + i - k st])``.
+
+    ``src`` is flat and holds every tap (no clamping: callers pad or stay inside). Taps
+    are summed four at a time in registers, so ``out`` is loaded and stored once per
+    four taps instead of once per tap.
+    """
+    q = w.shape[0] - 1
+    mid = src[c : c + nt]
+    k = 1
+    if q >= 3:
+        w0 = w[0]
+        w1 = w[1]
+        w2 = w[2]
+        w3 = w[3]
+        h1 = src[c + st : c + st + nt]
+        l1 = src[c - st : c - st + nt]
+        h2 = src[c + 2 * st : c + 2 * st + nt]
+        l2 = src[c - 2 * st : c - 2 * st + nt]
+        h3 = src[c + 3 * st : c + 3 * st + nt]
+        l3 = src[c - 3 * st : c - 3 * st + nt]
+        for i in range(nt):
+            out[i] = (
+                w0 * mid[i] + w1 * (h1[i] + l1[i]) + w2 * (h2[i] + l2[i]) + w3 * (h3[i] + l3[i])
+            )
+        k = 4
+    else:
+        w0 = w[0]
+        for i in range(nt):
+            out[i] = w0 * mid[i]
+    while k + 3 <= q:
+        w1 = w[k]
+        w2 = w[k + 1]
+        w3 = w[k + 2]
+        w4 = w[k + 3]
+        o1 = c + k * st
+        m1 = c - k * st
+        h1 = src[o1 : o1 + nt]
+        l1 = src[m1 : m1 + nt]
+        h2 = src[o1 + st : o1 + st + nt]
+        l2 = src[m1 - st : m1 - st + nt]
+        h3 = src[o1 + 2 * st : o1 + 2 * st + nt]
+        l3 = src[m1 - 2 * st : m1 - 2 * st + nt]
+        h4 = src[o1 + 3 * st : o1 + 3 * st + nt]
+        l4 = src[m1 - 3 * st : m1 - 3 * st + nt]
+        for i in range(nt):
+            out[i] += (
+                w1 * (h1[i] + l1[i])
+                + w2 * (h2[i] + l2[i])
+                + w3 * (h3[i] + l3[i])
+                + w4 * (h4[i] + l4[i])
+            )
+        k += 4
+    while k <= q:
+        wk = w[k]
+        h1 = src[c + k * st : c + k * st + nt]
+        l1 = src[c - k * st : c - k * st + nt]
+        for i in range(nt):
+            out[i] += wk * (h1[i] + l1[i])
+        k += 1
+
+
 @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def grad_pass_z_products_x(a, b, c, nx, s, d, w, inv_spacing, p):  # pragma: no cover
     """Finish the gradients along Z, form the 6 products, smooth them along X at rho.
@@ -205,38 +274,29 @@ def grad_pass_z_products_x(a, b, c, nx, s, d, w, inv_spacing, p):  # pragma: no 
                     for i in range(q):
                         buf[o + i] = first
                         buf[o + q + nx + i] = last
-                    out = p[m, z, jr : jr + nx]
-                    mid = buf[o + q : o + q + nx]
-                    for i in range(nx):
-                        out[i] = w[0] * mid[i]
-                    for k in range(1, q + 1):
-                        wk = w[k]
-                        hi = buf[o + q + k : o + q + k + nx]
-                        lo = buf[o + q - k : o + q - k + nx]
-                        for i in range(nx):
-                            out[i] += wk * (hi[i] + lo[i])
+                    fold_smooth(buf, o + q, 1, w, p[m, z, jr : jr + nx], nx)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def smooth_pass_y_inplace(p, w):  # pragma: no cover - compiled
-    """Smooth each of the (6, Z, Y, X) volumes along Y in place."""
+    """Smooth each of the (6, Z, Y, X) volumes along Y in place.
+
+    Each (Y, X) plane is copied into a buffer padded with ``q`` edge rows at both ends
+    (``mode="nearest"``) and smoothed from there back into place.
+    """
     nc, nz, ny, nx = p.shape
     q = w.shape[0] - 1
     for job in numba.prange(nc * nz):
         m = job // nz
         z = job % nz
-        plane = p[m, z].copy()
-        for y in range(ny):
-            out = p[m, z, y]
-            src = plane[y]
+        plane = np.empty((ny + 2 * q) * nx, dtype=np.float32)
+        for yl in range(ny + 2 * q):
+            src = p[m, z, _clamp(yl - q, ny)]
+            dst = plane[yl * nx : yl * nx + nx]
             for i in range(nx):
-                out[i] = w[0] * src[i]
-            for k in range(1, q + 1):
-                hi = plane[_clamp(y + k, ny)]
-                lo = plane[_clamp(y - k, ny)]
-                wk = w[k]
-                for i in range(nx):
-                    out[i] += wk * (hi[i] + lo[i])
+                dst[i] = src[i]
+        for y in range(ny):
+            fold_smooth(plane, (y + q) * nx, nx, w, p[m, z, y], nx)
 
 
 # Vectorisable stand-ins for math.acos / math.cos (libm calls block SIMD): the
@@ -362,6 +422,11 @@ def eig_row(t00, t11, t22, t01, t02, t12, out, nx):  # pragma: no cover
         out[o + 6] = min(1.0, max(0.0, an)) * np.float64(l1 > 0.0)
 
 
+#: elements of a (Y X)-plane per task in the Z smoothing + eigen pass: the padded
+#: (Z + 2 q, chunk) column of one component (112 KiB at 192^3, rho 4) stays in L2
+Z_EIGEN_CHUNK = 128
+
+
 @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def smooth_pass_z_eigen(p, w, packed):  # pragma: no cover
     """Smooth the six tensor volumes along Z and decompose each tensor.
@@ -369,34 +434,41 @@ def smooth_pass_z_eigen(p, w, packed):  # pragma: no cover
     ``p`` (6, Z, Y X) flattened planes, components in the order zz, yy, xx, zy, zx, yx.
     Output: ``packed`` (Z, 7 Y X), a flat view of a (Z, Y, X, 7) array: vector (3),
     eigenvalues (3, descending), anisotropy (1).
+
+    Per column chunk, each component's (Z, chunk) column is copied once into a buffer
+    padded with ``q`` edge rows at both ends (``mode="nearest"``), smoothed from there
+    (contiguous, cache-resident rows, no clamping), then all six are decomposed.
     """
     nc, nz, nyx = p.shape
     q = w.shape[0] - 1
-    nchunks = (nyx + PLANE_CHUNK - 1) // PLANE_CHUNK
+    cw = Z_EIGEN_CHUNK
+    nchunks = (nyx + cw - 1) // cw
+    nl = nz + 2 * q
     for job in numba.prange(nchunks):
-        j0 = job * PLANE_CHUNK
-        j1 = min(j0 + PLANE_CHUNK, nyx)
+        j0 = job * cw
+        j1 = min(j0 + cw, nyx)
         nt = j1 - j0
-        rows = np.empty(6 * PLANE_CHUNK, dtype=np.float32)
-        for z in range(nz):
-            for m in range(6):
-                out = rows[m * PLANE_CHUNK : m * PLANE_CHUNK + nt]
-                src = p[m, z, j0:j1]
+        loc = np.empty(nl * cw, dtype=np.float32)
+        sm = np.empty(6 * nz * cw, dtype=np.float32)
+        for m in range(6):
+            for zl in range(nl):
+                src = p[m, _clamp(zl - q, nz), j0:j1]
+                dst = loc[zl * cw : zl * cw + nt]
                 for i in range(nt):
-                    out[i] = w[0] * src[i]
-                for k in range(1, q + 1):
-                    hi = p[m, _clamp(z + k, nz), j0:j1]
-                    lo = p[m, _clamp(z - k, nz), j0:j1]
-                    wk = w[k]
-                    for i in range(nt):
-                        out[i] += wk * (hi[i] + lo[i])
+                    dst[i] = src[i]
+            base = m * nz * cw
+            for z in range(nz):
+                o = base + z * cw
+                fold_smooth(loc, (z + q) * cw, cw, w, sm[o : o + nt], nt)
+        for z in range(nz):
+            o = z * cw
             eig_row(
-                rows[0:nt],
-                rows[PLANE_CHUNK : PLANE_CHUNK + nt],
-                rows[2 * PLANE_CHUNK : 2 * PLANE_CHUNK + nt],
-                rows[3 * PLANE_CHUNK : 3 * PLANE_CHUNK + nt],
-                rows[4 * PLANE_CHUNK : 4 * PLANE_CHUNK + nt],
-                rows[5 * PLANE_CHUNK : 5 * PLANE_CHUNK + nt],
+                sm[o : o + nt],
+                sm[nz * cw + o : nz * cw + o + nt],
+                sm[2 * nz * cw + o : 2 * nz * cw + o + nt],
+                sm[3 * nz * cw + o : 3 * nz * cw + o + nt],
+                sm[4 * nz * cw + o : 4 * nz * cw + o + nt],
+                sm[5 * nz * cw + o : 5 * nz * cw + o + nt],
                 packed[z, 7 * j0 : 7 * j1],
                 nt,
             )
