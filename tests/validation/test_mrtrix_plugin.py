@@ -111,3 +111,29 @@ def test_mrtrix_csd_is_registered_exactly_when_mrtrix_is_on_path() -> None:
     assert ("mrtrix-csd" in names) == on_path
     if os.environ.get("XSCALE_REQUIRE_EXTERNAL") == "1":
         assert on_path, "XSCALE_REQUIRE_EXTERNAL=1 but MRtrix3 is not on PATH"
+
+
+def test_mrtrix_csd_scored_next_to_csd_on_the_crossing_angle_suite(tmp_path) -> None:
+    import pandas as pd
+
+    from validation.cli import main
+
+    _require_mrtrix()
+    config = tmp_path / "peers.toml"
+    config.write_text(
+        '[run]\nname = "peers"\n[data]\nsuite = "crossing-angle"\n'
+        '[[models]]\nname = "csd"\n[[models]]\nname = "mrtrix-csd"\nlabel = "mrtrixcsd"\n'
+        "[tracking]\nenabled = false\n"
+    )
+    out = tmp_path / "peers"
+    assert main(["run", str(config), "-o", str(out), "-q", "--no-report"]) == 0
+    scores = pd.read_csv(out / "scores.csv")
+    assert (out / "failures.json").read_text().strip() == "[]"
+    single = scores[(scores.case == "all") & (scores.region == "single")
+                    & (scores.metric == "peak_angular_error_deg")
+                    & (scores.statistic == "median")].set_index("model").value
+    # both CSDs find single-fibre directions; the same b-vectors in both conventions
+    assert single["csd"] < 5 and single["mrtrixcsd"] < 5
+    assert abs(single["csd"] - single["mrtrixcsd"]) < 2
+    cases = set(scores.case) - {"all"}
+    assert len(cases) == 5
