@@ -394,3 +394,21 @@ def test_jobs_never_change_the_result(chunk_voxels, seed):
     b = fit(ph, "csa", jobs=2, **kw)
     np.testing.assert_array_equal(a.peaks, b.peaks)
     np.testing.assert_array_equal(a.sh, b.sh)
+
+
+def test_csd_response_equals_dipys_estimator_from_one_tensor_fit() -> None:
+    from dipy.core.gradients import gradient_table
+    from dipy.reconst.csdeconv import response_from_mask_ssst
+
+    from validation.models.builtins import response_ssst, response_voxels
+    from validation.models.conformance import tiny_phantom
+
+    ph = tiny_phantom(shape=(8, 8, 8), snr=30, rng=3)
+    gtab = gradient_table(ph.bvals, bvecs=ph.bvecs, b0_threshold=50)
+    (evals, s0), voxels = response_ssst(gtab, ph.data, ph.mask, fa_thr=0.7)
+    expected_voxels = response_voxels(gtab, ph.data, ph.mask, fa_thr=0.7)
+    (ref_evals, ref_s0), _ = response_from_mask_ssst(gtab, ph.data, expected_voxels)
+    np.testing.assert_array_equal(voxels, expected_voxels)
+    np.testing.assert_allclose(evals, ref_evals, rtol=1e-12)
+    assert s0 == pytest.approx(float(ref_s0), rel=1e-12)
+    assert evals[1] == evals[2] < evals[0]

@@ -162,18 +162,43 @@ def response_voxels(
     -------
     ndarray of bool, shape (X, Y, Z)
     """
+    return _response_voxels_and_evals(gtab, data, mask, fa_thr=fa_thr,
+                                      min_voxels=min_voxels)[0]
+
+
+def _response_voxels_and_evals(
+    gtab: Any, data: np.ndarray, mask: np.ndarray | None, *, fa_thr: float, min_voxels: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`response_voxels` and the tensor eigenvalues (X, Y, Z, 3) of the same fit."""
     from dipy.reconst.dti import TensorModel
 
     if mask is None:
         mask = np.ones(data.shape[:-1], dtype=bool)
-    fa = TensorModel(gtab).fit(data, mask=mask).fa
-    fa = np.where(mask & np.isfinite(fa), fa, 0.0)
+    tenfit = TensorModel(gtab).fit(data, mask=mask)
+    fa = np.where(mask & np.isfinite(tenfit.fa), tenfit.fa, 0.0)
     selected = mask & (fa > fa_thr)
     if selected.sum() < min_voxels:
         flat = np.argsort(fa, axis=None)[::-1][: min(min_voxels, int(mask.sum()))]
         selected = np.zeros(mask.shape, dtype=bool)
         selected.flat[flat] = True
-    return selected
+    return selected, tenfit.evals
+
+
+def response_ssst(gtab: Any, data: np.ndarray, mask: np.ndarray | None, *, fa_thr: float
+                  ) -> tuple[tuple[np.ndarray, float], np.ndarray]:
+    """Single-fibre response ``((l1, l2, l2), S0)`` and the voxels it came from.
+
+    The estimator of dipy's ``response_from_mask_ssst`` (mean of the two largest tensor
+    eigenvalues and of the b0 signal over the voxels), computed from the one tensor fit
+    that selected the voxels instead of fitting them a second time: this serial step
+    runs before the parallel chunks of a fit.
+    """
+    selected, evals = _response_voxels_and_evals(gtab, data, mask, fa_thr=fa_thr)
+    lambdas = evals[selected][:, :2]
+    s0s = data[selected][:, np.nonzero(gtab.b0s_mask)[0]]
+    s0 = float(np.mean(s0s)) if s0s.size else 0.0
+    l01 = np.mean(lambdas, axis=0)
+    return (np.array([l01[0], l01[1], l01[1]]), s0), selected
 
 
 class CSDModel(DipyReconstModel):
@@ -206,12 +231,9 @@ class CSDModel(DipyReconstModel):
         self.response = response
 
     def build(self, gtab: Any, data: np.ndarray, mask: np.ndarray | None) -> Any:
-        from dipy.reconst.csdeconv import response_from_mask_ssst
-
         response = self.response
         if response is None:
-            voxels = response_voxels(gtab, data, mask, fa_thr=self.fa_thr)
-            response, ratio = response_from_mask_ssst(gtab, data, voxels)
+            response, voxels = response_ssst(gtab, data, mask, fa_thr=self.fa_thr)
             self.details = {
                 "response_evals": [float(v) for v in response[0]],
                 "response_s0": float(response[1]),
