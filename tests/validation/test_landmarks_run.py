@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -12,22 +11,6 @@ import pytest
 from validation.cases import dataset_case
 from validation.errors import ConfigError
 from validation.transforms import read_matrix_txt, write_matrix_txt
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "real-data"
-
-
-@pytest.fixture(scope="module")
-def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not (Path(__import__("dipy").__file__).parent / "data" / "files" / "small_64D.nii"
-            ).exists():
-        pytest.skip("dipy's small_64D is not shipped")
-    spec = importlib.util.spec_from_file_location("make_example", EXAMPLE / "make_example.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path_factory.mktemp("example") / "data"
-    module.main(out)
-    return out
 
 
 def _write_pairs(path: Path, matrix: np.ndarray, *, n: int = 10, noise_mm: float = 0.0,

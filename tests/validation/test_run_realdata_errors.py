@@ -7,7 +7,6 @@ the run directory is created, so neither the run nor a ``.failed`` folder appear
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from collections.abc import Callable
@@ -17,22 +16,6 @@ import numpy as np
 import pytest
 
 from validation.cli import main
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "real-data"
-
-
-@pytest.fixture(scope="module")
-def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not (Path(__import__("dipy").__file__).parent / "data" / "files" / "small_64D.nii"
-            ).exists():
-        pytest.skip("dipy's small_64D is not shipped")
-    spec = importlib.util.spec_from_file_location("make_example", EXAMPLE / "make_example.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path_factory.mktemp("example") / "data"
-    module.main(out)
-    return out
 
 
 def _lines(path: Path, edit: Callable[[list[str]], list[str]]) -> None:
