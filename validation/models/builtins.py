@@ -172,16 +172,28 @@ def _response_voxels_and_evals(
     """:func:`response_voxels` and the tensor eigenvalues (X, Y, Z, 3) of the same fit."""
     from dipy.reconst.dti import TensorModel
 
+    from validation.models.parallel import map_voxels
+
     if mask is None:
         mask = np.ones(data.shape[:-1], dtype=bool)
-    tenfit = TensorModel(gtab).fit(data, mask=mask)
-    fa = np.where(mask & np.isfinite(tenfit.fa), tenfit.fa, 0.0)
+    tensor = TensorModel(gtab)
+
+    def fa_evals(voxels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        fit = tensor.fit(voxels)
+        return fit.fa, fit.evals
+
+    # the one serial step of a CSD fit: spread over the fit's processes
+    fa_in, evals_in = map_voxels(fa_evals, data[mask])
+    fa = np.zeros(mask.shape)
+    fa[mask] = np.where(np.isfinite(fa_in), fa_in, 0.0)
+    evals = np.zeros(mask.shape + (3,))
+    evals[mask] = evals_in
     selected = mask & (fa > fa_thr)
     if selected.sum() < min_voxels:
         flat = np.argsort(fa, axis=None)[::-1][: min(min_voxels, int(mask.sum()))]
         selected = np.zeros(mask.shape, dtype=bool)
         selected.flat[flat] = True
-    return selected, tenfit.evals
+    return selected, evals
 
 
 def response_ssst(gtab: Any, data: np.ndarray, mask: np.ndarray | None, *, fa_thr: float

@@ -19,6 +19,7 @@ import numpy as np
 
 from validation.errors import UserError
 from validation.models.isolation import mp_context, run_isolated
+from validation.models.parallel import using_jobs
 from validation.models.protocol import Capabilities, ModelFailure, capabilities_of
 from validation.models.registry import make_model, resolve_factory
 
@@ -622,7 +623,8 @@ def _fit_job(
     if callable(getattr(model, "prepare", None)):
         t0 = time.perf_counter()
         try:
-            prepared = model.prepare(data, gtab, mask=mask)
+            with using_jobs(jobs):  # map_voxels inside prepare uses the fit's processes
+                prepared = model.prepare(data, gtab, mask=mask)
         except Exception as exc:
             raise ModelFailure(
                 f"{type(exc).__name__}: {exc}".splitlines()[0], "prepare", _format_tb()
