@@ -9,9 +9,10 @@ Pipeline (8 + 15 one-dimensional passes, products fused, eigen fused):
 1. along X: ``sx = S_x V``, ``dx = D_x V`` (one padded row buffer, two outputs);
 2. along Y: ``a = S_y sx``, ``b = D_y sx``, ``c = S_y dx``;
 3. along Z: ``gz = D_z a``, ``gy = S_z b``, ``gx = S_z c`` (scaled to physical units), the
-   six products formed in registers and smoothed along X at rho -> ``p[6]``;
-4. along Y at rho, in place (one edge-padded plane buffer per task);
-5. along Z at rho, fused with the eigen-decomposition: per (Z, 128)-column chunk, each
+   six products formed in registers and smoothed along X at rho into an edge-padded
+   plane buffer, then along Y at rho -> ``p[6]`` (one Z plane per task; the buffer stays
+   in L2);
+4. along Z at rho, fused with the eigen-decomposition: per (Z, 128)-column chunk, each
    component's column is copied once into an edge-padded buffer that stays in cache and
    smoothed from there.
 
@@ -195,36 +196,42 @@ def fold_smooth(src, c, st, w, out, nt):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-def grad_pass_z_products_x(a, b, c, nx, s, d, w, inv_spacing, p):  # pragma: no cover
-    """Finish the gradients along Z, form the 6 products, smooth them along X at rho.
+def grad_pass_z_products_xy(a, b, c, ny, nx, s, d, wx, wy, inv_spacing, p):  # pragma: no cover
+    """Finish the gradients along Z, form the six products, smooth them along X and Y at rho.
 
-    ``a``, ``b``, ``c`` are (Z, Y X) flattened planes of row length ``nx``; ``p`` is
-    (6, Z, Y X): products in the order zz, yy, xx, zy, zx, yx (array axes). Work is
-    split in blocks of whole rows so the Z loops run over long contiguous runs.
+    ``a``, ``b``, ``c`` are (Z, Y X) flattened planes; ``p`` is (6, Z, Y X): products in
+    the order zz, yy, xx, zy, zx, yx (array axes). One task per Z plane: the gradients
+    are finished along Z in blocks of rows (the accumulators stay in L1), the six
+    products are formed and smoothed along X into a plane buffer padded with ``qy`` edge
+    rows (``mode="nearest"``; about 1 MiB at 192^2, rho 4: it stays in L2), which is
+    then smoothed along Y straight into ``p``. The six product volumes are written once
+    instead of written, read and written again.
     """
     nz, nyx = a.shape
-    ny = nyx // nx
     r = s.shape[0] - 1
-    q = w.shape[0] - 1
+    qx = wx.shape[0] - 1
+    qy = wy.shape[0] - 1
     fz = inv_spacing[0]
     fy = inv_spacing[1]
     fx = inv_spacing[2]
     rows_per = max(1, PLANE_CHUNK // nx)
     chunk = rows_per * nx
     nblocks = (ny + rows_per - 1) // rows_per
-    width = nx + 2 * q
-    for blk in numba.prange(nblocks):
-        y0 = blk * rows_per
-        y1 = min(y0 + rows_per, ny)
-        j0 = y0 * nx
-        j1 = y1 * nx
-        nt = j1 - j0
+    width = nx + 2 * qx
+    plen = (ny + 2 * qy) * nx
+    for z in numba.prange(nz):
         g = np.empty(3 * chunk, dtype=np.float32)
         buf = np.empty(6 * width, dtype=np.float32)
-        gz = g[0:nt]
-        gy = g[chunk : chunk + nt]
-        gx = g[2 * chunk : 2 * chunk + nt]
-        for z in range(nz):
+        plane = np.empty(6 * plen, dtype=np.float32)
+        for blk in range(nblocks):
+            y0 = blk * rows_per
+            y1 = min(y0 + rows_per, ny)
+            j0 = y0 * nx
+            j1 = y1 * nx
+            nt = j1 - j0
+            gz = g[0:nt]
+            gy = g[chunk : chunk + nt]
+            gx = g[2 * chunk : 2 * chunk + nt]
             rb = b[z, j0:j1]
             rc = c[z, j0:j1]
             for i in range(nt):
@@ -250,12 +257,12 @@ def grad_pass_z_products_x(a, b, c, nx, s, d, w, inv_spacing, p):  # pragma: no 
                 rz = gz[row * nx : row * nx + nx]
                 ry = gy[row * nx : row * nx + nx]
                 rx = gx[row * nx : row * nx + nx]
-                b0 = buf[q : q + nx]
-                b1 = buf[width + q : width + q + nx]
-                b2 = buf[2 * width + q : 2 * width + q + nx]
-                b3 = buf[3 * width + q : 3 * width + q + nx]
-                b4 = buf[4 * width + q : 4 * width + q + nx]
-                b5 = buf[5 * width + q : 5 * width + q + nx]
+                b0 = buf[qx : qx + nx]
+                b1 = buf[width + qx : width + qx + nx]
+                b2 = buf[2 * width + qx : 2 * width + qx + nx]
+                b3 = buf[3 * width + qx : 3 * width + qx + nx]
+                b4 = buf[4 * width + qx : 4 * width + qx + nx]
+                b5 = buf[5 * width + qx : 5 * width + qx + nx]
                 for i in range(nx):
                     vz = rz[i] * fz
                     vy = ry[i] * fy
@@ -266,37 +273,29 @@ def grad_pass_z_products_x(a, b, c, nx, s, d, w, inv_spacing, p):  # pragma: no 
                     b3[i] = vz * vy
                     b4[i] = vz * vx
                     b5[i] = vy * vx
-                jr = j0 + row * nx
+                po = (y0 + row + qy) * nx
                 for m in range(6):
                     o = m * width
-                    first = buf[o + q]
-                    last = buf[o + q + nx - 1]
-                    for i in range(q):
+                    first = buf[o + qx]
+                    last = buf[o + qx + nx - 1]
+                    for i in range(qx):
                         buf[o + i] = first
-                        buf[o + q + nx + i] = last
-                    fold_smooth(buf, o + q, 1, w, p[m, z, jr : jr + nx], nx)
-
-
-@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-def smooth_pass_y_inplace(p, w):  # pragma: no cover - compiled
-    """Smooth each of the (6, Z, Y, X) volumes along Y in place.
-
-    Each (Y, X) plane is copied into a buffer padded with ``q`` edge rows at both ends
-    (``mode="nearest"``) and smoothed from there back into place.
-    """
-    nc, nz, ny, nx = p.shape
-    q = w.shape[0] - 1
-    for job in numba.prange(nc * nz):
-        m = job // nz
-        z = job % nz
-        plane = np.empty((ny + 2 * q) * nx, dtype=np.float32)
-        for yl in range(ny + 2 * q):
-            src = p[m, z, _clamp(yl - q, ny)]
-            dst = plane[yl * nx : yl * nx + nx]
-            for i in range(nx):
-                dst[i] = src[i]
-        for y in range(ny):
-            fold_smooth(plane, (y + q) * nx, nx, w, p[m, z, y], nx)
+                        buf[o + qx + nx + i] = last
+                    dst = plane[m * plen + po : m * plen + po + nx]
+                    fold_smooth(buf, o + qx, 1, wx, dst, nx)
+        for m in range(6):
+            base = m * plen
+            top = plane[base + qy * nx : base + qy * nx + nx]
+            bottom = plane[base + (qy + ny - 1) * nx : base + (qy + ny) * nx]
+            for yl in range(qy):
+                lo = plane[base + yl * nx : base + yl * nx + nx]
+                hi = plane[base + (qy + ny + yl) * nx : base + (qy + ny + yl + 1) * nx]
+                for i in range(nx):
+                    lo[i] = top[i]
+                    hi[i] = bottom[i]
+            for y in range(ny):
+                fold_smooth(plane, base + (y + qy) * nx, nx, wy, p[m, z, y * nx : y * nx + nx],
+                            nx)
 
 
 # Vectorisable stand-ins for math.acos / math.cos (libm calls block SIMD): the

@@ -178,18 +178,19 @@ def _orientation_packed(
         dx = work[n : 2 * n].reshape(nz, ny, nx)
         kern.grad_pass_x(vol, kernels[2][0], kernels[2][1], sx, dx)
         kern.grad_pass_y(sx, dx, kernels[1][0], kernels[1][1], a, b, c)
-        kern.grad_pass_z_products_x(
+        kern.grad_pass_z_products_xy(
             a.reshape(nz, ny * nx),
             b.reshape(nz, ny * nx),
             c.reshape(nz, ny * nx),
+            ny,
             nx,
             kernels[0][0],
             kernels[0][1],
             rkernels[2],
+            rkernels[1],
             inv_spacing,
             p,
         )
-        kern.smooth_pass_y_inplace(p.reshape(6, nz, ny, nx), rkernels[1])
         kern.smooth_pass_z_eigen(p, rkernels[0], packed.reshape(nz, ny * nx * PACKED_COMPONENTS))
     return packed
 
