@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ContentCache", "cached_arrays", "content_key", "hash_array"]
+__all__ = ["ContentCache", "cached_arrays", "content_key", "hash_array", "source_digest"]
 
 #: bump when the on-disk layout changes
 CACHE_FORMAT = 1
@@ -40,6 +40,19 @@ def hash_array(array: Any) -> str:
     h = hashlib.blake2b(digest_size=20)
     h.update(f"{a.dtype.str}|{a.shape}|".encode())
     h.update(a.tobytes() if a.size else b"")
+    return h.hexdigest()
+
+
+def source_digest(*modules: Any) -> str:
+    """Hex digest of the source files of ``modules`` (a package: all its ``.py`` files),
+    for cache keys that must change when the code computing a result changes."""
+    h = hashlib.blake2b(digest_size=12)
+    for module in modules:
+        path = Path(module.__file__)
+        files = sorted(path.parent.rglob("*.py")) if path.name == "__init__.py" else [path]
+        for f in files:
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
     return h.hexdigest()
 
 

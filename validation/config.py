@@ -33,7 +33,7 @@ _SECTIONS: dict[str, dict[str, Any]] = {
     "run": {"name": "default", "seed": 0, "description": ""},
     "data": {"suite": None, "manifest": None},
     "orientation": {"sigma_um": None, "rho_um": None, "truncate": 4.0, "voxel_size_um": None},
-    "fod": {"sh_order_max": 8},
+    "fod": {"sh_order_max": 8, "relative_peak_threshold": 0.25, "min_separation_angle": 25.0},
     "metrics": {"threshold_deg": 25.0, "n_boot": 1000},
     "tracking": {
         "enabled": True,
@@ -237,6 +237,10 @@ def resolve_config(
         raise ConfigError(f"{source}: [metrics] threshold_deg must be in (0, 90]")
     if resolved["fod"]["sh_order_max"] % 2 or resolved["fod"]["sh_order_max"] < 2:
         raise ConfigError(f"{source}: [fod] sh_order_max must be an even number >= 2")
+    if not 0 < resolved["fod"]["relative_peak_threshold"] <= 1:
+        raise ConfigError(f"{source}: [fod] relative_peak_threshold must be in (0, 1]")
+    if not 0 < resolved["fod"]["min_separation_angle"] < 90:
+        raise ConfigError(f"{source}: [fod] min_separation_angle must be in (0, 90) degrees")
     sizes = resolved["crossscale"]["voxel_sizes_um"]
     if not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0
                for v in sizes):

@@ -56,6 +56,8 @@ VOXEL_METRICS = [
 ]
 
 MICROSCOPY_LABEL = "microscopy"
+#: microscopy voxels with a lower structure-tensor anisotropy stop the reference tracking
+MICROSCOPY_TRACK_ANISOTROPY = 0.1
 
 
 @dataclass
@@ -209,36 +211,91 @@ def _sh_basis_on(sphere: Any, n_coeffs: int) -> np.ndarray:
 IN_MEMORY_VOXELS = 64 * 2**20
 
 
+def _microscopy_cache_parts(level: MicroscopyInput, case: CaseData, cfg: dict[str, Any],
+                            volume: Any, mask: Any) -> dict[str, Any]:
+    """Everything a microscopy FOD depends on, for its content-hash cache key.
+
+    A phantom level is identified by its case spec and render seed (so a cache hit also
+    skips rendering); a level read from disk by the bytes of its volume and mask.
+    """
+    import phantoms
+    import validation._st_kernels
+    import validation.fod
+    import validation.orientation
+    from validation.cache import hash_array, source_digest
+
+    if "suite_case" in case.source:
+        data = {"phantom": case.source, "level": level.name,
+                "seed": derive_seed(int(cfg["run"]["seed"]), case.case_id, "microscopy"),
+                "phantoms_code": source_digest(phantoms)}
+    else:
+        data = {"volume": hash_array(volume),
+                "mask": None if mask is None else hash_array(mask)}
+    return {
+        "data": data,
+        "spacing_um": [float(s) for s in level.spacing_um],
+        "voxel_to_dmri": np.asarray(level.voxel_to_dmri, dtype=np.float64),
+        "grid": [list(case.grid_shape), np.asarray(case.grid_affine, dtype=np.float64)],
+        "orientation": cfg["orientation"],
+        "fod": cfg["fod"],
+        "code": source_digest(validation.orientation, validation._st_kernels, validation.fod),
+    }
+
+
 def _microscopy_orientation(level: MicroscopyInput, case: CaseData, cfg: dict[str, Any],
-                            jobs: int, timer: _Timer) -> tuple[Any, dict[str, Any], Any]:
+                            jobs: int, timer: _Timer, cache_dir: str | Path | None = None
+                            ) -> tuple[Any, dict[str, Any], Any, Any]:
     """Structure-tensor orientations of one microscopy level, projected to the dMRI grid.
 
-    Returns the FOD, a summary for models.json and a function ``affine -> FOD`` that
+    Returns the FOD, a summary for models.json, a function ``affine -> FOD`` that
     projects the same orientations through another voxel -> dMRI affine (registration
-    uncertainty; the structure tensor is not recomputed for in-memory levels).
+    uncertainty) and a function ``() -> (structure tensor, mask)`` (None for chunked
+    levels) for the microscopy reference tractogram; the structure tensor is computed
+    once, and only when needed.
+
+    With ``cache_dir``, FODs of in-memory levels (up to :data:`IN_MEMORY_VOXELS`) come
+    from the content-hash cache when nothing they depend on changed; a hit skips
+    rendering, the structure tensor and the projection.
     """
-    from validation.fod import microscopy_fod
+    from validation.cache import cached_arrays
+    from validation.fod import MicroscopyFOD, microscopy_fod
     from validation.orientation import structure_tensor_orientation
 
     ocfg = cfg["orientation"]
     spacing = tuple(float(s) for s in level.spacing_um)
     sigma_um = ocfg["sigma_um"] if ocfg["sigma_um"] is not None else 1.5 * min(spacing)
     rho_um = ocfg["rho_um"] if ocfg["rho_um"] is not None else 4.0 * min(spacing)
-    volume, mask = level.volume, level.mask
-    in_memory = int(np.prod(volume.shape)) <= IN_MEMORY_VOXELS
+    in_memory = int(np.prod(level.volume.shape)) <= IN_MEMORY_VOXELS
     key = f"{case.case_id}/{level.name}"
-    with timer(f"{key}/render_or_read"):
-        if in_memory:
-            volume = np.asarray(volume.compute(num_workers=jobs) if hasattr(volume, "compute")
-                                else volume, dtype=np.float32)
-            if mask is not None:
-                mask = np.asarray(mask.compute() if hasattr(mask, "compute") else mask, bool)
-    with timer(f"{key}/structure_tensor"):
-        st = structure_tensor_orientation(
-            volume, sigma=sigma_um, rho=rho_um, spacing=spacing, truncate=ocfg["truncate"]
-        )
+    state: dict[str, Any] = {}
+
+    def inputs() -> tuple[Any, Any]:
+        """The volume and mask, materialised once for in-memory levels."""
+        if "volume" not in state:
+            volume, mask = level.volume, level.mask
+            with timer(f"{key}/render_or_read"):
+                if in_memory:
+                    volume = np.asarray(volume.compute(num_workers=jobs)
+                                        if hasattr(volume, "compute") else volume,
+                                        dtype=np.float32)
+                    if mask is not None:
+                        mask = np.asarray(mask.compute() if hasattr(mask, "compute") else mask,
+                                          bool)
+            state["volume"], state["mask"] = volume, mask
+        return state["volume"], state["mask"]
+
+    def tensor() -> Any:
+        volume, _ = inputs()
+        if "st" not in state:
+            with timer(f"{key}/structure_tensor"):
+                state["st"] = structure_tensor_orientation(
+                    volume, sigma=sigma_um, rho=rho_um, spacing=spacing,
+                    truncate=ocfg["truncate"])
+        return state["st"]
 
     def project(affine: np.ndarray) -> Any:
+        st = tensor()
+        mask = state["mask"]
         return microscopy_fod(
             st.vectors,
             st.anisotropy,
@@ -247,17 +304,42 @@ def _microscopy_orientation(level: MicroscopyInput, case: CaseData, cfg: dict[st
             grid_shape=case.grid_shape,
             grid_affine=case.grid_affine,
             sh_order_max=cfg["fod"]["sh_order_max"],
+            relative_peak_threshold=cfg["fod"]["relative_peak_threshold"],
+            min_separation_angle=cfg["fod"]["min_separation_angle"],
             mask=mask,
         )
 
-    with timer(f"{key}/microscopy_fod"):
-        fod = project(level.voxel_to_dmri)
+    def field() -> tuple[Any, Any] | None:
+        """The structure tensor and mask at microscopy resolution (in-memory levels)."""
+        if not in_memory:
+            return None
+        return tensor(), state["mask"]
+
+    def compute() -> dict[str, np.ndarray]:
+        with timer(f"{key}/microscopy_fod"):
+            fod = project(level.voxel_to_dmri)
+        return {"sh": fod.sh, "peaks": fod.peaks, "odi": fod.odi, "count": fod.count,
+                "weight": fod.weight}
+
+    cached = False
+    if cache_dir is not None and in_memory:
+        parts = _microscopy_cache_parts(
+            level, case, cfg, *(inputs() if "suite_case" not in case.source else (None, None)))
+        arrays, cached = cached_arrays(cache_dir, "microscopy-fod", parts, compute,
+                                       meta={"case": case.case_id, "level": level.name})
+    else:
+        arrays = compute()
+    fod = MicroscopyFOD(**arrays, sh_order_max=int(cfg["fod"]["sh_order_max"]))
     info = {"level": level.name, "voxel_size_um": list(spacing), "sigma_um": sigma_um,
-            "rho_um": rho_um, "shape": [int(n) for n in volume.shape]}
+            "rho_um": rho_um, "shape": [int(n) for n in level.volume.shape],
+            "relative_peak_threshold": cfg["fod"]["relative_peak_threshold"],
+            "min_separation_angle": cfg["fod"]["min_separation_angle"]}
     if level.alignment is not None:
         info["landmarks"] = {"transform": level.alignment.kind,
                              **level.alignment.summary()}
-    return fod, info, project
+    if cached:
+        log.info("%s: microscopy FOD from the cache", key)
+    return fod, info, project, field
 
 
 def _write_derivatives(rd: RunDirectory, case_id: str, label: str, grid: Any,
@@ -388,7 +470,7 @@ def run(
     progress : bool
         Show progress bars on stderr.
     cache_dir : path, optional
-        Content-hash cache of model fits.
+        Content-hash cache of model fits and microscopy FODs (in-memory levels).
     build_report : bool
         Build ``report/`` at the end (default True).
 
@@ -456,11 +538,15 @@ def run(
             sources: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
             level_fods: dict[str, Any] = {}
             projections: list[tuple[MicroscopyInput, str, Any]] = []
+            reference_field: tuple[MicroscopyInput, Any] | None = None
             truth = case.truth
             for index, level in enumerate(case.microscopy):
                 label = _source_label(index, level, len(case.microscopy))
                 bar.set_description(f"{case_id}: microscopy {level.name}")
-                fod, info, project = _microscopy_orientation(level, case, cfg, jobs, timer)
+                fod, info, project, field = _microscopy_orientation(
+                    level, case, cfg, jobs, timer, cache_dir=cache_dir)
+                if index == 0:
+                    reference_field = (level, field)
                 level_fods[level.name] = fod
                 projections.append((level, label, project))
                 micro_info.setdefault(label, {})[case_id] = info
@@ -538,7 +624,9 @@ def run(
                     perturbed_tables.extend(_registration_perturbations(
                         cfg, case, truth, sources, projections, threshold=threshold,
                         sphere=sphere))
-            tract_rows.extend(_tractography(cfg, case, truth, sources, run_seed, timer, rd))
+            tract_rows.extend(_tractography(
+                cfg, case, truth, sources, run_seed, timer, rd,
+                reference_field=reference_field if case.truth is None else None))
             bar.update()
         bar.close()
 
@@ -660,16 +748,72 @@ def _registration_perturbations(
     return tables
 
 
+def _microscopy_reference_tracts(cfg: dict[str, Any], case: CaseData, truth: Any,
+                                 reference_field: tuple[MicroscopyInput, Any], run_seed: int,
+                                 timer: _Timer, rd: RunDirectory) -> np.ndarray | None:
+    """Real data: streamlines through the reference microscopy level's orientation field,
+    at microscopy resolution, mapped to the dMRI grid and written as the reference
+    tractogram. Returns the dMRI voxels they pass through (None when the level is too
+    large to track in memory or no streamline was found)."""
+    from validation.tracking import save_tractogram, streamline_voxels, track_microscopy
+
+    level, field = reference_field
+    got = field()
+    if got is None:
+        log.info("%s: microscopy level %s is processed in chunks; no reference tractogram",
+                 case.case_id, level.name)
+        return None
+    st, mask = got
+    tcfg = cfg["tracking"]
+    usable = np.asarray(st.anisotropy) > MICROSCOPY_TRACK_ANISOTROPY
+    if mask is not None:
+        usable &= np.asarray(mask, bool)
+    # as many seeds as the models get (seeds_per_voxel per dMRI voxel of the mask),
+    # drawn among the usable microscopy voxels
+    n_seeds = int(tcfg["seeds_per_voxel"]) * int(np.asarray(truth.mask, bool).sum())
+    candidates = np.flatnonzero(usable)
+    if not len(candidates) or not n_seeds:
+        return None
+    gen = np.random.default_rng(derive_seed(run_seed, case.case_id, "track", "microscopy"))
+    seed_mask = np.zeros(usable.shape, bool)
+    seed_mask.flat[gen.choice(candidates, size=min(n_seeds, len(candidates)),
+                              replace=False)] = True
+    with timer(f"{case.case_id}/tracking-microscopy"):
+        result = track_microscopy(
+            np.asarray(st.vectors), mask=usable, microscopy_affine=level.voxel_to_dmri,
+            grid_affine=case.grid_affine, seed_mask=seed_mask, seeds_per_voxel=1,
+            step_size=float(tcfg["step_size"]), max_angle_deg=float(tcfg["max_angle_deg"]),
+            rng=derive_seed(run_seed, case.case_id, "track", "microscopy", "seeds"))
+    out = rd.path / f"derivatives/sub-{case.case_id}/micr"
+    out.mkdir(parents=True, exist_ok=True)
+    save_tractogram(result.streamlines,
+                    out / f"sub-{case.case_id}_desc-microscopy_tractography.{tcfg['format']}",
+                    affine=np.asarray(case.grid_affine), shape=case.grid_shape)
+    voxels = streamline_voxels(result.streamlines, case.grid_shape)
+    return voxels if voxels.any() else None
+
+
 def _tractography(cfg: dict[str, Any], case: CaseData, truth: Any,
                   sources: dict[str, tuple[np.ndarray, np.ndarray | None]], run_seed: int,
-                  timer: _Timer, rd: RunDirectory) -> list[dict[str, Any]]:
-    """Track with the configured models on this case and score against the truth bundles."""
+                  timer: _Timer, rd: RunDirectory,
+                  reference_field: tuple[MicroscopyInput, Any] | None = None
+                  ) -> list[dict[str, Any]]:
+    """Track with the configured models on this case and score them: against the truth
+    bundles (phantoms), or, for real data, against the voxels of a reference tractogram
+    tracked through the microscopy orientation field (``reference_field``)."""
     tcfg = cfg["tracking"]
     bundles = list(getattr(truth, "bundles", []) or [])
-    if not tcfg["enabled"] or not bundles:
+    if not tcfg["enabled"] or not (bundles or reference_field):
         return []
     from validation.tracking import track_and_score
 
+    reference = None
+    if not bundles:
+        assert reference_field is not None
+        reference = _microscopy_reference_tracts(cfg, case, truth, reference_field,
+                                                 run_seed, timer, rd)
+        if reference is None:
+            return []
     rows: list[dict[str, Any]] = []
     out_dir = rd.path / f"derivatives/sub-{case.case_id}/dwi"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -679,6 +823,8 @@ def _tractography(cfg: dict[str, Any], case: CaseData, truth: Any,
         projections[f"truth_{bundle.name}"] = np.asarray(bundle.mask, bool).max(axis=axis
                                                                                  ).astype(
             np.float32)
+    if reference is not None:
+        projections["truth_microscopy"] = reference.max(axis=axis).astype(np.float32)
     for label in tcfg["models"]:
         if label not in sources:
             continue
@@ -688,6 +834,7 @@ def _tractography(cfg: dict[str, Any], case: CaseData, truth: Any,
                 case_id=case.case_id, label=label, peaks=peaks, sh=sh, truth=truth,
                 grid=case.grid, config=tcfg,
                 seed=derive_seed(run_seed, case.case_id, "track", label), out_dir=out_dir,
+                reference_mask=reference,
             ))
         trk = out_dir / f"sub-{case.case_id}_model-{label}_tractography.trk"
         if trk.is_file():

@@ -335,8 +335,13 @@ def bundle_overlap(
         if (_endpoint_in(head, s[0]) and _endpoint_in(tail, s[-1]))
         or (_endpoint_in(tail, s[0]) and _endpoint_in(head, s[-1]))
     ]
-    a = np.asarray(bundle.mask, bool)
-    b = streamline_voxels(valid, shape)
+    scores = _overlap(np.asarray(bundle.mask, bool), streamline_voxels(valid, shape))
+    scores["n_valid"] = float(len(valid))
+    return scores
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """OL, OR_gt, OR_vs and F1 of reference voxels ``a`` and streamline voxels ``b``."""
     inter = int((a & b).sum())
     outside = int((b & ~a).sum())
     na, nb = int(a.sum()), int(b.sum())
@@ -345,7 +350,6 @@ def bundle_overlap(
         "or_gt": outside / na if na else float("nan"),
         "or_vs": outside / nb if nb else 0.0,
         "f1": 2 * inter / (na + nb) if na + nb else float("nan"),
-        "n_valid": float(len(valid)),
     }
 
 
@@ -407,8 +411,15 @@ def track_and_score(
     config: dict[str, Any],
     seed: int,
     out_dir: str | os.PathLike[str] | None = None,
+    reference_mask: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Track one model's fODF on one phantom case and score each truth bundle.
+
+    Without truth bundles (real data), ``reference_mask`` (the dMRI voxels a reference
+    tractogram passes through, e.g. one tracked through the microscopy) gives one row,
+    bundle ``"microscopy"``: with A the reference voxels and B the voxels of all the
+    model's streamlines, OL = |A & B| / |A|, OR_gt = |B \\ A| / |A|, OR_vs = |B \\ A| / |B|
+    and F1 = Dice(A, B) (no endpoint ROIs, so no VS/IC/NC).
 
     ``config`` is the run's ``[tracking]`` table: ``method``, ``seeds_per_voxel``,
     ``step_size`` (voxels), ``max_angle_deg`` and optionally ``stopping``,
@@ -444,9 +455,18 @@ def track_and_score(
         )
     import metrics
 
+    tracking = {f"tracking_{k}": v for k, v in result.params.items() if k != "n_streamlines"}
     bundles = list(getattr(truth, "bundles", []) or [])
     if not bundles:
-        return []
+        if reference_mask is None:
+            return []
+        a = np.asarray(reference_mask, bool)
+        b = streamline_voxels(result.streamlines, tuple(mask.shape))
+        return [{
+            "case": case_id, "model": label, "bundle": "microscopy", **_overlap(a, b),
+            "n_voxels_gt": int(a.sum()), "n_voxels_vs": int(b.sum()),
+            "n_streamlines": len(result.streamlines), **tracking,
+        }]
     scores = metrics.tractometer(
         result.streamlines, bundles,
         voxel_size=tuple(getattr(grid, "voxel_size_mm", (1.0, 1.0, 1.0))),
@@ -454,7 +474,6 @@ def track_and_score(
     whole = scores.to_dict()
     tractogram_level = {k: whole[k] for k in ("vs", "is", "ic", "nc", "wpc", "vb", "ib",
                                                "n_streamlines")}
-    tracking = {f"tracking_{k}": v for k, v in result.params.items() if k != "n_streamlines"}
     rows = []
     for bundle_row in scores.bundle_rows():
         row: dict[str, Any] = {"case": case_id, "model": label}

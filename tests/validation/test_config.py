@@ -35,6 +35,8 @@ def test_default_config_is_complete() -> None:
         ("[[models]]\nname = 'csd'\n[[models]]\nname = 'csd'\n", "repeated: csd"),
         ("[[models]]\nname = 'csd'\nlabel = 'CSD 8'\n", "must be lower-case letters and digits"),
         ("[run]\nname = '../x'\n", "must be letters, digits"),
+        ("[fod]\nrelative_peak_threshold = 0.0\n", "relative_peak_threshold must be in (0, 1]"),
+        ("[fod]\nmin_separation_angle = 95.0\n", "min_separation_angle must be in (0, 90)"),
     ],
 )
 def test_bad_configs_name_the_problem(tmp_path: Path, text: str, needle: str) -> None:

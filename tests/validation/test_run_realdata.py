@@ -90,7 +90,7 @@ def realdata_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = base / "run.toml"
     cfg.write_text(
         '[run]\nname = "realdata"\n[data]\nmanifest = "data/manifest.toml"\n'
-        '[[models]]\nname = "dti"\n[metrics]\nn_boot = 50\n'
+        '[[models]]\nname = "dti"\n[metrics]\nn_boot = 50\n[tracking]\nmodels = ["dti"]\n'
         '[registration]\nperturbations = 3\nrotation_deg = 3.0\ntranslation_um = 50.0\n'
     )
     out = base / "run"
@@ -146,3 +146,33 @@ def test_realdata_registration_spread_and_landmark_tre(realdata_run: Path) -> No
     assert "Cross-scale comparison" in html
     assert "Registration uncertainty" in html
     assert "coarse-100um" in html
+
+
+def test_realdata_tractography_is_scored_against_the_microscopy_tractogram(
+        realdata_run: Path) -> None:
+    """Without truth bundles, a reference tractogram is tracked through the reference
+    microscopy level (at its resolution, mapped to the dMRI grid) and the models'
+    tractograms are scored by voxel overlap with it."""
+    import nibabel as nib
+
+    case = "small64d-synthetic-microscopy"
+    ref = (realdata_run / "derivatives" / f"sub-{case}" / "micr"
+           / f"sub-{case}_desc-microscopy_tractography.trk")
+    model = realdata_run / "derivatives" / f"sub-{case}" / "dwi" / \
+        f"sub-{case}_model-dti_tractography.trk"
+    assert ref.is_file() and model.is_file()
+    ref_sl = nib.streamlines.load(str(ref)).streamlines
+    assert len(ref_sl) > 10
+    # in dMRI world space, inside the dMRI grid (its corners +- half a voxel)
+    dwi = nib.load(str(realdata_run.parent / "data" / "small_64D.nii"))
+    ijk = nib.affines.apply_affine(np.linalg.inv(dwi.affine), ref_sl.get_data())
+    assert ijk.min() >= -0.5 - 1e-6 and (ijk <= np.asarray(dwi.shape[:3]) - 0.5 + 1e-6).all()
+    tract = pd.read_csv(realdata_run / "tractography.csv")
+    row = tract[(tract.model == "dti") & (tract.bundle == "microscopy")]
+    assert len(row) == 1
+    row = row.iloc[0]
+    assert 0 < row.ol <= 1 and 0 <= row.or_vs <= 1 and 0 < row.f1 <= 1
+    assert row.n_voxels_gt > 0 and row.n_streamlines > 0
+    # F1 is the Dice of the two voxel sets: 2 OL |A| / (|A| + |B|)
+    assert row.f1 == pytest.approx(2 * row.ol * row.n_voxels_gt
+                                   / (row.n_voxels_gt + row.n_voxels_vs))

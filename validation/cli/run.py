@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="condition that must hold, e.g. 'csd:peak_f1.median>=0.8' "
                              "(repeatable; adds to [gates] of the config)")
     parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="content-hash cache of model fits (default: no cache)")
+                        help="content-hash cache of model fits and microscopy FODs "
+                        "(default: no cache)")
     parser.add_argument("--no-report", action="store_true", help="skip building the report")
 
 
