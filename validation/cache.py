@@ -9,6 +9,7 @@ written to a temporary sibling and renamed, so a crash never leaves half an entr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -43,9 +44,11 @@ def hash_array(array: Any) -> str:
     return h.hexdigest()
 
 
+@functools.cache
 def source_digest(*modules: Any) -> str:
     """Hex digest of the source files of ``modules`` (a package: all its ``.py`` files),
-    for cache keys that must change when the code computing a result changes."""
+    for cache keys that must change when the code computing a result changes (read once
+    per process)."""
     h = hashlib.blake2b(digest_size=12)
     for module in modules:
         path = Path(module.__file__)

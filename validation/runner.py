@@ -212,11 +212,12 @@ IN_MEMORY_VOXELS = 64 * 2**20
 
 
 def _microscopy_cache_parts(level: MicroscopyInput, case: CaseData, cfg: dict[str, Any],
-                            volume: Any, mask: Any) -> dict[str, Any]:
+                            inputs: Any) -> dict[str, Any]:
     """Everything a microscopy FOD depends on, for its content-hash cache key.
 
     A phantom level is identified by its case spec and render seed (so a cache hit also
-    skips rendering); a level read from disk by the bytes of its volume and mask.
+    skips rendering); a level read from disk by the bytes of its volume and mask
+    (``inputs()`` reads them).
     """
     import phantoms
     import validation._st_kernels
@@ -229,6 +230,7 @@ def _microscopy_cache_parts(level: MicroscopyInput, case: CaseData, cfg: dict[st
                 "seed": derive_seed(int(cfg["run"]["seed"]), case.case_id, "microscopy"),
                 "phantoms_code": source_digest(phantoms)}
     else:
+        volume, mask = inputs()
         data = {"volume": hash_array(volume),
                 "mask": None if mask is None else hash_array(mask)}
     return {
@@ -323,8 +325,7 @@ def _microscopy_orientation(level: MicroscopyInput, case: CaseData, cfg: dict[st
 
     cached = False
     if cache_dir is not None and in_memory:
-        parts = _microscopy_cache_parts(
-            level, case, cfg, *(inputs() if "suite_case" not in case.source else (None, None)))
+        parts = _microscopy_cache_parts(level, case, cfg, inputs)
         arrays, cached = cached_arrays(cache_dir, "microscopy-fod", parts, compute,
                                        meta={"case": case.case_id, "level": level.name})
     else:

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from validation.errors import UserError
-from validation.models.isolation import mp_context, run_isolated
-from validation.models.parallel import using_jobs
+from validation.models.isolation import run_isolated
+from validation.models.parallel import WorkerDied, run_shares, using_jobs
 from validation.models.protocol import Capabilities, ModelFailure, capabilities_of
 from validation.models.registry import make_model, resolve_factory
 
@@ -552,41 +552,24 @@ def _fit_share(share: int, jobs: int, n_chunks: int) -> dict[int, tuple[str, Any
     return done
 
 
-def _chunk_worker(conn: Any, state: dict[str, Any], share: int, jobs: int, n_chunks: int) -> None:
+def _chunk_share(state: dict[str, Any], share: int, jobs: int, n_chunks: int
+                 ) -> dict[int, tuple[str, Any]]:
     _init_chunk_worker(state)
-    try:
-        conn.send(_fit_share(share, jobs, n_chunks))
-    finally:
-        conn.close()
+    return _fit_share(share, jobs, n_chunks)
 
 
 def _fit_chunks(state: dict[str, Any], n_chunks: int, jobs: int) -> list[tuple[str, Any]]:
     """Fit every chunk, ``jobs`` processes at once (this one included); results in chunk
     order. Chunks are dealt round-robin (voxel-wise fits cost about the same per chunk),
     which needs no task queue; the first failure in chunk order is raised."""
-    _init_chunk_worker(state)
-    workers = []
-    if jobs > 1:
-        ctx = mp_context()
-        for share in range(1, jobs):
-            recv_conn, send_conn = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_chunk_worker, daemon=True,
-                               args=(send_conn, state, share, jobs, n_chunks))
-            proc.start()
-            send_conn.close()
-            workers.append((proc, recv_conn))
-    done = _fit_share(0, jobs, n_chunks)
-    for proc, recv_conn in workers:
-        try:
-            done.update(recv_conn.recv())
-        except EOFError:
-            proc.join(5)
-            raise ModelFailure(
-                f"a chunk worker died without a result (exit code {proc.exitcode})", "worker"
-            ) from None
-        finally:
-            recv_conn.close()
-        proc.join()
+    try:
+        shares = run_shares(_chunk_share, [(state, share, jobs, n_chunks)
+                                           for share in range(jobs)])
+    except WorkerDied as died:
+        raise ModelFailure(
+            f"a chunk worker died without a result (exit code {died.exitcode})", "worker"
+        ) from None
+    done = {chunk: result for share in shares for chunk, result in share.items()}
     errors = [done[c][1] for c in sorted(done) if done[c][0] == "error"]
     if errors:
         raise errors[0]

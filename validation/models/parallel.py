@@ -22,11 +22,14 @@ from __future__ import annotations
 import contextlib
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["PIECE_VOXELS", "current_jobs", "map_voxels", "using_jobs"]
+__all__ = ["PIECE_VOXELS", "WorkerDied", "current_jobs", "map_voxels", "run_shares",
+           "using_jobs"]
+
+T = TypeVar("T")
 
 PIECE_VOXELS = 2048
 _JOBS = 1
@@ -65,16 +68,71 @@ def _run_pieces(func: Callable[[np.ndarray], Sequence[np.ndarray]], voxels: np.n
     return out
 
 
-def _child(conn: Any, func: Any, voxels: np.ndarray, pieces: list[tuple[int, int]]) -> None:
+class WorkerDied(RuntimeError):
+    """A forked process of :func:`run_shares` ended without sending its result."""
+
+    def __init__(self, exitcode: int | None):
+        super().__init__(f"a worker died without a result (exit code {exitcode})")
+        self.exitcode = exitcode
+
+
+def _child(conn: Any, func: Callable[..., Any], args: tuple) -> None:
     from validation.models.isolation import limit_blas_threads
 
-    limit_blas_threads(1)
+    limit_blas_threads(1)  # OpenBLAS may reset its thread count in a forked child
     try:
-        conn.send(("ok", _run_pieces(func, voxels, pieces)))
+        conn.send(("ok", func(*args)))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         conn.send(("error", (f"{type(exc).__name__}: {exc}", traceback.format_exc())))
     finally:
         conn.close()
+
+
+def run_shares(func: Callable[..., T], args: Sequence[tuple]) -> list[T]:
+    """``func(*args[0])`` in this process and ``func(*args[k])`` for k >= 1 in forked ones,
+    all at once; results in the order of ``args``.
+
+    Raises
+    ------
+    RuntimeError
+        ``func`` raised in a forked process (its message and traceback are included); an
+        exception in this process propagates as it is, after the others are stopped.
+    WorkerDied
+        A forked process ended without a result (crash, killed).
+    """
+    from validation.models.isolation import mp_context
+
+    children = []
+    if len(args) > 1:
+        ctx = mp_context()
+        for share_args in args[1:]:
+            recv_conn, send_conn = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_child, args=(send_conn, func, share_args), daemon=True)
+            proc.start()
+            send_conn.close()
+            children.append((proc, recv_conn))
+    try:
+        results = [func(*args[0])]
+    except BaseException:
+        for proc, recv_conn in children:
+            proc.terminate()
+            proc.join()
+            recv_conn.close()
+        raise
+    for proc, recv_conn in children:
+        try:
+            status, payload = recv_conn.recv()
+        except EOFError:
+            proc.join(5)
+            raise WorkerDied(proc.exitcode) from None
+        finally:
+            recv_conn.close()
+        proc.join()
+        if status == "error":
+            message, tb = payload
+            raise RuntimeError(f"{message}\n{tb}")
+        results.append(payload)
+    return results
 
 
 def map_voxels(
@@ -110,8 +168,6 @@ def map_voxels(
     RuntimeError
         ``func`` raised in a forked process (its message and traceback are included).
     """
-    from validation.models.isolation import mp_context
-
     voxels = np.asarray(voxels)
     n = len(voxels)
     jobs = current_jobs() if jobs is None else jobs
@@ -125,36 +181,9 @@ def map_voxels(
     # contiguous shares of whole pieces, the first (and largest) for this process
     bounds = np.linspace(0, len(pieces), jobs + 1).round().astype(int)
     shares = [pieces[bounds[k]: bounds[k + 1]] for k in range(jobs)]
-    children = []
-    if jobs > 1:
-        ctx = mp_context()
-        for share in shares[1:]:
-            recv_conn, send_conn = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_child, args=(send_conn, func, voxels, share), daemon=True)
-            proc.start()
-            send_conn.close()
-            children.append((proc, recv_conn))
     try:
-        results = _run_pieces(func, voxels, shares[0])
-    except BaseException:
-        for proc, recv_conn in children:
-            proc.terminate()
-            proc.join()
-            recv_conn.close()
-        raise
-    for proc, recv_conn in children:
-        try:
-            status, payload = recv_conn.recv()
-        except EOFError:
-            proc.join(5)
-            raise RuntimeError(
-                f"map_voxels: a worker died without a result (exit code {proc.exitcode})"
-            ) from None
-        finally:
-            recv_conn.close()
-        proc.join()
-        if status == "error":
-            message, tb = payload
-            raise RuntimeError(f"map_voxels: {message}\n{tb}")
-        results.extend(payload)
+        per_share = run_shares(_run_pieces, [(func, voxels, share) for share in shares])
+    except RuntimeError as exc:
+        raise RuntimeError(f"map_voxels: {exc}") from None
+    results = [piece for share in per_share for piece in share]
     return tuple(np.concatenate(parts) for parts in zip(*results, strict=True))
