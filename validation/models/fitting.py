@@ -8,7 +8,6 @@ model itself comes back as :class:`~validation.models.protocol.ModelFailure`.
 from __future__ import annotations
 
 import functools
-import inspect
 import re
 import time
 from dataclasses import dataclass, field
@@ -694,19 +693,20 @@ def _n_shells(bvals: np.ndarray) -> int:
 
 
 def _code_version(model: Any) -> dict[str, Any]:
+    import sys
+
     import dipy
 
     from validation import __version__
+    from validation.cache import source_digest
 
+    module = sys.modules.get(type(model).__module__)
     source_hash = None
-    try:
-        src = inspect.getsourcefile(type(model))
-        if src:
-            source_hash = __import__("hashlib").blake2b(
-                Path(src).read_bytes(), digest_size=12
-            ).hexdigest()
-    except (TypeError, OSError):
-        pass
+    if module is not None and getattr(module, "__file__", None):
+        try:
+            source_hash = source_digest(module)
+        except OSError:
+            pass
     return {
         "xscale": __version__,
         "pipeline": FIT_PIPELINE_VERSION,
